@@ -1,0 +1,83 @@
+"""The ``hagan`` command: a thin layer over the package.
+
+Subcommands: demo-data, preprocess, train, generate, evaluate, import-official, bench.
+Each subcommand lives in the module that does the work, which provides two functions:
+``add_arguments(parser)`` and ``main(args) -> int``. Errors a user can cause (missing data, a
+wrong size, an unknown preset or key, a bad checkpoint) print one line and exit non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# subcommand -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo-data": ("hagan.demo", "build the offline demo cohort (MNI152 template + TorchIO)"),
+    "preprocess": ("hagan.preprocess", "turn CT/MRI files into a prepared dataset"),
+    "train": ("hagan.train", "train HA-GAN (resumes when the run folder holds a checkpoint)"),
+    "generate": ("hagan.generate", "sample full-resolution volumes and write NIfTI files"),
+    "evaluate": ("hagan.metrics", "FID, MMD, MS-SSIM and memorisation report for a checkpoint"),
+    "import-official": ("hagan.official", "convert published HA-GAN .pth files to a kit checkpoint"),
+    "bench": ("hagan.bench", "time and measure one training iteration or generation"),
+}
+
+
+class UserError(Exception):
+    """An error caused by the user's input; the CLI prints its message without a traceback."""
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    from .checkpoint import CheckpointError
+    from .data import DataError
+
+    return (UserError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
+            PermissionError, DataError, CheckpointError, KeyError)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hagan",
+        description="HA-GAN for 3D medical images: data, training, generation, evaluation.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        try:
+            mod = importlib.import_module(module)
+        except ImportError:  # a module still under construction must not break the others
+            continue
+        mod.add_arguments(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(message)s")
+    if not args.command:
+        parser.print_help()
+        return 2
+    if not hasattr(args, "_module"):
+        print(f"hagan {args.command}: error: this command is not available in this install",
+              file=sys.stderr)
+        return 2
+    mod = importlib.import_module(args._module)
+    try:
+        return int(mod.main(args) or 0)
+    except _user_error_types() as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"hagan {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"hagan {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
