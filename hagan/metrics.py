@@ -1,0 +1,630 @@
+"""Evaluation in feature space: 3D FID, MMD, MS-SSIM diversity and a memorisation check, each
+shown next to its real-vs-real baseline, and the ``hagan evaluate`` command.
+
+A metric of a 3D GAN is only meaningful together with the feature extractor, its weights, the
+number of samples N and the resolution, so the JSON report and the printed table name all four.
+Extractors (see :func:`build_extractor`):
+
+* ``medicalnet10/18/34/50``: the MedicalNet (Med3D) 3D ResNet used by the official HA-GAN FID
+  script, with weights from a user-given file (its SHA-256 is logged and reported);
+* ``encoder``: the kit's own trained encoders, z = E^G(E^H(x)) (official ``Sub_E(E(x))``);
+* ``random``: a seeded random 3D network for offline use, always labelled ``random (seed N)``.
+
+The official ``fid_score.py`` feeds volumes in [-1, 1] to ResNet-50 without MedicalNet's z-score
+normalisation; we do the same, so numbers are comparable with the paper's pipeline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.linalg
+import torch
+import torch.nn.functional as F
+from scipy.spatial.distance import cdist
+
+from .checkpoint import CheckpointError
+from .config import PathLike
+from .analysis import EXTRACTORS, FeatureExtractor, _item, build_extractor
+
+logger = logging.getLogger(__name__)
+
+SQRTM_EPS = 1e-6  # diagonal offset for the retry when sqrtm fails (official fid_score.py)
+SQRTM_IMAG_TOL = 1e-3  # largest |imaginary| diagonal part of sqrtm accepted (pytorch-fid's atol)
+SSIM_WINDOW = 11  # Gaussian window side of SSIM (Wang et al., IEEE TIP 2004)
+SSIM_SIGMA = 1.5  # its standard deviation in voxels (same source)
+SSIM_K1, SSIM_K2 = 0.01, 0.03  # stabilising constants (same source)
+# Per-scale exponents of MS-SSIM (Wang, Simoncelli & Bovik, Asilomar 2003); fewer scales use the
+# first ones, renormalised to sum 1.
+MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+DATA_RANGE = 2.0  # kit volumes span [-1, 1]
+MS_SSIM_PAIRS = 100  # random pairs for the diversity score
+PERMUTATIONS = 200  # MMD permutation test draws (p-value resolution 1/201)
+MIN_REAL = 4  # two real halves of at least 2 volumes each (a covariance needs 2 rows)
+CACHE_DIRNAME = ".hagan_cache"  # default cache folder inside the prepared dataset
+CACHE_VERSION = "hagan-kit real features v1"  # part of the cache key: bump when features change
+REPORT_KIND = "hagan-kit evaluation report"
+SHORT_HASH = 12  # hex digits of a SHA-256 shown in tables
+
+
+# ---------------------------------------------------------------------------------------------
+# Fréchet distance and FID
+# ---------------------------------------------------------------------------------------------
+def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean (F,) and covariance (F, F) of features (N, F), N >= 2 (``np.cov``, N - 1 divisor)."""
+    f = np.asarray(features, dtype=np.float64)
+    if f.ndim != 2 or f.shape[0] < 2:
+        raise ValueError(f"expected features of shape (N, F) with N >= 2, got {f.shape}")
+    return f.mean(axis=0), np.atleast_2d(np.cov(f, rowvar=False))
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
+                     sigma2: np.ndarray, eps: float = SQRTM_EPS) -> float:
+    r"""Fréchet distance between the Gaussians N(mu1, sigma1) and N(mu2, sigma2).
+
+    :math:`d^2 = \lVert\mu_1-\mu_2\rVert^2 + \mathrm{tr}(\Sigma_1 + \Sigma_2
+    - 2(\Sigma_1\Sigma_2)^{1/2})` (Dowson & Landau 1982; Heusel et al. 2017).
+
+    The trace of the matrix square root is taken from ``scipy.linalg.sqrtm``. When that result
+    is not finite or has a significant imaginary part (singular or ill-conditioned covariances,
+    e.g. fewer samples than features), it is retried with ``eps * I`` added to both covariances,
+    and finally computed from eigenvalues as :math:`\mathrm{tr}\,(\Sigma_1^{1/2}\Sigma_2
+    \Sigma_1^{1/2})^{1/2}`, which is exact for any positive semi-definite pair.
+
+    Args:
+        mu1, mu2: Means, shape (F,).
+        sigma1, sigma2: Covariances, shape (F, F), symmetric positive semi-definite.
+        eps: Diagonal offset of the retry.
+
+    Returns:
+        The squared distance (a float >= 0; tiny negative round-off is clipped to 0).
+
+    Raises:
+        ValueError: the shapes do not match.
+    """
+    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
+    sigma1, sigma2 = np.atleast_2d(sigma1).astype(np.float64), np.atleast_2d(sigma2).astype(np.float64)
+    f = mu1.shape[0]
+    if mu1.shape != (f,) or mu2.shape != (f,) or sigma1.shape != (f, f) or sigma2.shape != (f, f):
+        raise ValueError(f"expected means (F,) and covariances (F, F) of one F; got {mu1.shape}, "
+                         f"{sigma1.shape}, {mu2.shape}, {sigma2.shape}")
+    diff = mu1 - mu2
+    tr_covmean, _ = trace_sqrt_product(sigma1, sigma2, eps)
+    value = diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * tr_covmean
+    return float(max(value, 0.0))
+
+
+def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray, eps: float = SQRTM_EPS
+                       ) -> tuple[float, str]:
+    """tr((sigma1 sigma2)^(1/2)) and the route that gave it: ``sqrtm``, ``sqrtm+eps`` or ``eigh``."""
+    eye = np.eye(sigma1.shape[0])
+    for route, offset in (("sqrtm", 0.0), ("sqrtm+eps", eps)):
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")  # sqrtm warns on singular input; we check the result
+            try:
+                covmean = np.asarray(scipy.linalg.sqrtm((sigma1 + offset * eye)
+                                                        @ (sigma2 + offset * eye)))
+            except (ValueError, np.linalg.LinAlgError):
+                continue
+        if not np.all(np.isfinite(covmean)):
+            continue
+        diag = np.diagonal(covmean)
+        if np.iscomplexobj(covmean):
+            if np.abs(diag.imag).max() > SQRTM_IMAG_TOL * max(1.0, np.abs(diag.real).max()):
+                continue
+        return float(diag.real.sum()), route
+    logger.info("sqrtm gave a non-finite or complex result; using the eigenvalue route")
+    return _trace_sqrt_product_eigh(sigma1, sigma2), "eigh"
+
+
+def _trace_sqrt_product_eigh(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
+    """tr((S1^½ S2 S1^½)^½) from symmetric eigendecompositions (negative round-off clipped)."""
+    w, v = np.linalg.eigh((sigma1 + sigma1.T) / 2)
+    root1 = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T  # S1^(1/2)
+    m = root1 @ sigma2 @ root1
+    return float(np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0.0, None)).sum())
+
+
+def fid(features_a: np.ndarray, features_b: np.ndarray) -> float:
+    """Fréchet distance between the Gaussian fits of two feature sets (N_a, F) and (N_b, F)."""
+    return frechet_distance(*feature_stats(features_a), *feature_stats(features_b))
+
+
+# ---------------------------------------------------------------------------------------------
+# MMD with a Gaussian kernel
+# ---------------------------------------------------------------------------------------------
+def median_bandwidth(features: np.ndarray) -> float:
+    """Median pairwise Euclidean distance of (N, F) features (Gretton et al., JMLR 2012)."""
+    f = np.asarray(features, dtype=np.float64)
+    d = cdist(f, f)[np.triu_indices(len(f), 1)]
+    d = d[d > 0]
+    return float(np.median(d)) if d.size else 1.0
+
+
+def _mmd2_unbiased(k: np.ndarray, n: int) -> float:
+    kxx, kyy, kxy = k[:n, :n], k[n:, n:], k[:n, n:]
+    m = k.shape[0] - n
+    return float((kxx.sum() - np.trace(kxx)) / (n * (n - 1))
+                 + (kyy.sum() - np.trace(kyy)) / (m * (m - 1)) - 2.0 * kxy.mean())
+
+
+def mmd(x: np.ndarray, y: np.ndarray, bandwidth: float | str = "median", permutations: int = 0,
+        seed: int = 0) -> tuple[float, float | None]:
+    r"""Unbiased squared MMD between samples x (N, F) and y (M, F) with a Gaussian kernel.
+
+    :math:`k(a, b) = \exp(-\lVert a-b\rVert^2 / 2\sigma^2)`, :math:`\mathrm{MMD}^2_u` of Gretton
+    et al. (JMLR 2012, eq. 3); it can be slightly negative when the samples agree.
+
+    Args:
+        x, y: Feature sets, N, M >= 2.
+        bandwidth: sigma, or ``"median"``: the median pairwise distance of the pooled sample.
+        permutations: Draws of the permutation test (0: no p-value).
+        seed: Seed of the permutations.
+
+    Returns:
+        ``(mmd2, p_value)``; ``p_value`` is None without permutations, otherwise
+        ``(1 + #{permuted >= observed}) / (1 + permutations)``.
+    """
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1] or min(len(x), len(y)) < 2:
+        raise ValueError(f"expected (N, F) and (M, F) with N, M >= 2, got {x.shape}, {y.shape}")
+    z = np.concatenate([x, y])
+    sigma = median_bandwidth(z) if bandwidth == "median" else float(bandwidth)
+    if not sigma > 0:
+        raise ValueError(f"bandwidth must be 'median' or > 0, not {bandwidth!r}")
+    k = np.exp(-cdist(z, z, "sqeuclidean") / (2.0 * sigma**2))
+    value = _mmd2_unbiased(k, len(x))
+    if permutations <= 0:
+        return value, None
+    rng = np.random.default_rng(seed)
+    hits = 0
+    for _ in range(permutations):
+        p = rng.permutation(len(z))
+        hits += _mmd2_unbiased(k[np.ix_(p, p)], len(x)) >= value
+    return value, (1 + hits) / (1 + permutations)
+
+
+# ---------------------------------------------------------------------------------------------
+# 3D MS-SSIM and diversity
+# ---------------------------------------------------------------------------------------------
+def ms_ssim_scales(size: int) -> int:
+    """Scales MS-SSIM uses for a cube of side ``size``: at most 5, while the coarsest scale still
+    holds a full 11-voxel window. 256^3: 5, 128^3: 4, 64^3: 3, 32^3: 2, 11..21: 1 (plain SSIM)."""
+    if size < SSIM_WINDOW:
+        raise ValueError(f"MS-SSIM needs volumes of at least {SSIM_WINDOW}^3, got {size}^3")
+    scales = 1
+    while scales < len(MS_SSIM_WEIGHTS) and size // 2**scales >= SSIM_WINDOW:
+        scales += 1
+    return scales
+
+
+def _as_batch(v: torch.Tensor | np.ndarray) -> torch.Tensor:
+    t = torch.as_tensor(v, dtype=torch.float32)
+    t = t.reshape(1, 1, *t.shape) if t.dim() == 3 else (t[None] if t.dim() == 4 else t)
+    if t.dim() != 5 or t.shape[1] != 1:
+        raise ValueError(f"expected volumes (S, S, S), (1, S, S, S) or (B, 1, D, H, W), got "
+                         f"{tuple(torch.as_tensor(v).shape)}")
+    return t
+
+
+def _blur(x: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+    """Separable 'valid' Gaussian filter of (B, 1, D, H, W) along D, H and W."""
+    for shape in ((1, 1, -1, 1, 1), (1, 1, 1, -1, 1), (1, 1, 1, 1, -1)):
+        x = F.conv3d(x, window.view(shape))
+    return x
+
+
+def _ssim_cs(a: torch.Tensor, b: torch.Tensor, window: torch.Tensor, c1: float, c2: float
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean SSIM and mean contrast-structure term of each pair, both (B,)."""
+    mu_a, mu_b = _blur(a, window), _blur(b, window)
+    var_a = _blur(a * a, window) - mu_a**2
+    var_b = _blur(b * b, window) - mu_b**2
+    cov = _blur(a * b, window) - mu_a * mu_b
+    cs = (2 * cov + c2) / (var_a + var_b + c2)
+    lum = (2 * mu_a * mu_b + c1) / (mu_a**2 + mu_b**2 + c1)
+    return (lum * cs).mean(dim=(1, 2, 3, 4)), cs.mean(dim=(1, 2, 3, 4))
+
+
+def ms_ssim_3d(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray,
+               data_range: float = DATA_RANGE, scales: int | None = None) -> np.ndarray:
+    """3D multi-scale SSIM (Wang et al. 2003) of volume pairs, 1 for identical volumes.
+
+    Windows are 11^3 Gaussians (sigma 1.5) applied without padding; each further scale halves
+    the volume by 2^3 average pooling. A 256^3 volume uses the 5 published scales; smaller cubes
+    use fewer (see :func:`ms_ssim_scales`: 2 at 32^3) with the first exponents renormalised.
+    Negative contrast terms are clipped to 0 before the power, as in common implementations.
+
+    Args:
+        a, b: Volumes of one shape: (S, S, S), (1, S, S, S) or (B, 1, D, H, W), in [-1, 1].
+        data_range: Value range L of the constants C1 = (0.01 L)^2, C2 = (0.03 L)^2.
+        scales: Number of scales (default: as many as the size allows, at most 5).
+
+    Returns:
+        (B,) float64 array of MS-SSIM values in [0, 1].
+    """
+    x, y = _as_batch(a), _as_batch(b)
+    if x.shape != y.shape:
+        raise ValueError(f"MS-SSIM compares volumes of one shape, got {tuple(x.shape)} and "
+                         f"{tuple(y.shape)}")
+    scales = scales or ms_ssim_scales(min(x.shape[2:]))
+    weights = torch.tensor(MS_SSIM_WEIGHTS[:scales], dtype=torch.float64)
+    weights = weights / weights.sum()
+    coords = torch.arange(SSIM_WINDOW, dtype=torch.float32) - (SSIM_WINDOW - 1) / 2
+    window = torch.exp(-coords**2 / (2 * SSIM_SIGMA**2)).to(x.device)
+    window = window / window.sum()
+    c1, c2 = (SSIM_K1 * data_range) ** 2, (SSIM_K2 * data_range) ** 2
+    result = torch.ones(x.shape[0], dtype=torch.float64)
+    for j in range(scales):
+        ssim, cs = _ssim_cs(x, y, window, c1, c2)
+        term = ssim if j == scales - 1 else cs  # luminance only at the coarsest scale
+        result *= term.double().cpu().clamp(min=0.0) ** weights[j]
+        if j < scales - 1:
+            x, y = F.avg_pool3d(x, 2), F.avg_pool3d(y, 2)
+    return result.numpy()
+
+
+def random_pairs(n: int, n_pairs: int, seed: int = 0) -> np.ndarray:
+    """Up to ``n_pairs`` distinct unordered index pairs (i < j) of n items, (P, 2)."""
+    rows, cols = np.triu_indices(n, 1)
+    chosen = np.random.default_rng(seed).permutation(len(rows))[:n_pairs]
+    return np.stack([rows[chosen], cols[chosen]], axis=1)
+
+
+def pairwise_ms_ssim(volumes: Any, n_pairs: int = MS_SSIM_PAIRS, seed: int = 0,
+                     batch_size: int = 4, device: str | torch.device = "cpu",
+                     progress: bool = False) -> np.ndarray:
+    """MS-SSIM of random pairs of volumes ((N, 1, S, S, S) or a dataset of (1, S, S, S))."""
+    from tqdm.auto import tqdm
+
+    if len(volumes) < 2:
+        raise ValueError(f"diversity needs at least 2 volumes, got {len(volumes)}")
+    pairs = random_pairs(len(volumes), n_pairs, seed)
+    values = []
+    for i in tqdm(range(0, len(pairs), batch_size), desc="MS-SSIM", disable=not progress,
+                  leave=False):
+        chunk = pairs[i:i + batch_size]
+        a = torch.stack([_item(volumes, int(p)) for p in chunk[:, 0]]).to(device)
+        b = torch.stack([_item(volumes, int(p)) for p in chunk[:, 1]]).to(device)
+        values.append(ms_ssim_3d(a, b))
+    return np.concatenate(values)
+
+
+def diversity(volumes: Any, n_pairs: int = MS_SSIM_PAIRS, seed: int = 0, **kwargs: Any) -> float:
+    """Mean MS-SSIM over random pairs of volumes; lower means more diverse (Odena et al. 2017)."""
+    return float(pairwise_ms_ssim(volumes, n_pairs, seed, **kwargs).mean())
+
+
+# ---------------------------------------------------------------------------------------------
+# Memorisation
+# ---------------------------------------------------------------------------------------------
+def memorisation(gen_features: np.ndarray, train_features: np.ndarray,
+                 heldout_features: np.ndarray) -> dict[str, Any]:
+    """Nearest-training-neighbour distances of generated vs held-out real volumes.
+
+    Features are standardised by the training set's per-feature mean and std, then for every
+    generated volume and every held-out real volume the Euclidean distance to the nearest
+    training volume is taken. A generator that copies training volumes gives generated distances
+    far below the held-out baseline (ratio << 1, many samples closer than any held-out volume).
+
+    Returns:
+        ``generated_median``, ``heldout_median``, ``ratio`` (their quotient),
+        ``fraction_closer_than_any_heldout`` and the arrays ``generated_distances`` (N_gen,),
+        ``heldout_distances`` (N_held,) and ``nearest_train_index`` (N_gen,).
+    """
+    train = np.asarray(train_features, np.float64)
+    mean, std = train.mean(axis=0), train.std(axis=0)
+    std[std == 0] = 1.0
+    gen = (np.asarray(gen_features, np.float64) - mean) / std
+    held = (np.asarray(heldout_features, np.float64) - mean) / std
+    train = (train - mean) / std
+    d_gen, d_held = cdist(gen, train), cdist(held, train)
+    gen_nn, held_nn = d_gen.min(axis=1), d_held.min(axis=1)
+    return {
+        "generated_median": float(np.median(gen_nn)),
+        "heldout_median": float(np.median(held_nn)),
+        "ratio": float(np.median(gen_nn) / max(np.median(held_nn), 1e-12)),
+        "fraction_closer_than_any_heldout": float(np.mean(gen_nn < held_nn.min())),
+        "generated_distances": gen_nn,
+        "heldout_distances": held_nn,
+        "nearest_train_index": d_gen.argmin(axis=1),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Cache of real-set features
+# ---------------------------------------------------------------------------------------------
+def data_fingerprint(root: PathLike) -> str:
+    """SHA-256 of a prepared dataset's ``manifest.csv`` and ``dataset.json``."""
+    h = hashlib.sha256()
+    for name in ("manifest.csv", "dataset.json"):
+        path = Path(root) / name
+        h.update(path.read_bytes() if path.is_file() else b"")
+    return h.hexdigest()
+
+
+def cache_key(extractor_name: str, weights_hash: str, size: int, data_hash: str) -> str:
+    """Key of cached real features: extractor, weights hash, cube size and data fingerprint."""
+    text = "\n".join([CACHE_VERSION, extractor_name, weights_hash, str(size), data_hash])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _save_npz(path: Path, **arrays: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def cached(path: Path | None, key: str, compute: Callable[[], np.ndarray]) -> np.ndarray:
+    """Load ``values`` from ``path`` when it holds ``key``, else compute and store them.
+
+    An unreadable or stale cache file is recomputed; a folder that cannot be written only logs
+    a warning (evaluation still works, just without the cache).
+    """
+    if path is not None and path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                if str(npz["key"]) == key:
+                    logger.info("cached real-set values from %s", path)
+                    return np.asarray(npz["values"])
+        except (OSError, ValueError, KeyError) as exc:
+            logger.warning("ignoring unreadable cache %s (%s)", path, exc)
+    values = compute()
+    if path is not None:
+        try:
+            _save_npz(path, key=np.array(key), values=values)
+        except OSError as exc:
+            logger.warning("could not write the cache %s (%s); continuing without it", path, exc)
+    return values
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluate(): generated vs real, next to real vs real
+# ---------------------------------------------------------------------------------------------
+def split_halves(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded split of n real volumes: (train indices, held-out indices), sizes ceil/floor n/2."""
+    perm = np.random.default_rng(seed).permutation(n)
+    return np.sort(perm[n // 2:]), np.sort(perm[:n // 2])
+
+
+def real_features(extractor: FeatureExtractor, dataset: Any, root: PathLike, size: int,
+                  cache_dir: PathLike | None) -> np.ndarray:
+    """Features of every volume of a prepared dataset, cached under ``cache_dir`` (None: no
+    cache) with the key of :func:`cache_key`."""
+    key = cache_key(extractor.name, extractor.weights_hash, size, data_fingerprint(root))
+    path = None if cache_dir is None else Path(cache_dir) / f"features_{key}.npz"
+    feats = cached(path, key, lambda: extractor(dataset))
+    return feats if len(feats) == len(dataset) else extractor(dataset)
+
+
+def _check_request(n: int, extractor: str, weights: PathLike | None, out: PathLike | None,
+                   force: bool) -> None:
+    """Validate cheap arguments before any model or data is loaded."""
+    if n < 2:
+        raise ValueError(f"--n must be >= 2 (a covariance needs two samples), not {n}")
+    if extractor not in EXTRACTORS:
+        raise ValueError(f"unknown extractor {extractor!r}; choose one of {', '.join(EXTRACTORS)}")
+    if weights is not None and not Path(weights).is_file():
+        raise FileNotFoundError(f"weights file {weights} does not exist")
+    if out is not None and Path(out).exists() and not force:
+        raise FileExistsError(f"{out} already exists; choose another --out or pass --force")
+
+
+def evaluate(checkpoint: PathLike, data: PathLike, extractor: str = "random",
+             weights: PathLike | None = None, n: int = 64, out: PathLike | None = None,
+             cache_dir: PathLike | None = None, seed: int = 0, device: str = "auto",
+             progress: bool = True, heldout: PathLike | None = None, batch_size: int = 2,
+             permutations: int = PERMUTATIONS, n_pairs: int = MS_SSIM_PAIRS,
+             use_cache: bool = True, force: bool = False) -> dict[str, Any]:
+    """Generate ``n`` volumes and compare them with real data, next to real-vs-real baselines.
+
+    The real data are split (seeded) into a train half and a held-out half, unless ``heldout``
+    names a separate prepared dataset the generator never saw (then all of ``data`` is "train").
+    FID and MMD compare generated and held-out features with the train features; MS-SSIM
+    diversity compares random pairs of generated and of real volumes; memorisation compares
+    nearest-train-neighbour distances of generated and held-out volumes.
+
+    Args:
+        checkpoint: Kit checkpoint file or run folder.
+        data: Prepared dataset of the generator's size.
+        extractor: One of :data:`hagan.analysis.EXTRACTORS`.
+        weights: MedicalNet weights file, for ``medicalnet*`` only.
+        n: Generated volumes.
+        out: JSON report path (refused if it exists, unless ``force``).
+        cache_dir: Where real features are cached (default ``DATA/.hagan_cache``).
+        seed: Seed of latent draws, the real split, pairs and permutations.
+        permutations: MMD permutation-test draws (0: no p-values).
+        n_pairs: Random pairs for MS-SSIM.
+
+    Returns:
+        The report (also written to ``out``): metadata naming extractor, weights SHA-256, N and
+        resolution, and ``metrics`` with each generated value next to its real baseline.
+    """
+    from . import __version__
+    from .checkpoint import load_models
+    from .data import DataError, PreparedDataset, atomic_write_text
+    from .generate import sample
+    from .runtime import resolve_device
+
+    _check_request(n, extractor, weights, out, force)
+    start = time.perf_counter()
+    dev = resolve_device(device)
+    cfg, nets = load_models(checkpoint, device=dev)
+    if "G" not in nets:
+        raise CheckpointError(f"{checkpoint} holds no generator G")
+    real = PreparedDataset(data, size=cfg.size, num_classes=cfg.num_classes)
+    ext = build_extractor(extractor, weights, models=nets, size=cfg.size, device=dev,
+                          batch_size=batch_size, progress=progress)
+
+    def cache_for(root: PathLike) -> Path | None:
+        return None if not use_cache else Path(cache_dir or Path(root) / CACHE_DIRNAME)
+
+    feats = real_features(ext, real, data, cfg.size, cache_for(data))
+    if heldout is not None:
+        held_set = PreparedDataset(heldout, size=cfg.size, num_classes=cfg.num_classes)
+        train_idx = np.arange(len(real))
+        held_feats = real_features(ext, held_set, heldout, cfg.size, cache_for(heldout))
+    else:
+        train_idx, held_idx = split_halves(len(real), seed)
+        held_feats = feats[held_idx]
+    train_feats = feats[train_idx]
+    if min(len(train_feats), len(held_feats)) < 2:
+        raise DataError(f"evaluation needs at least {MIN_REAL} real volumes (2 per half), found "
+                        f"{len(real)} in {data}")
+    t_real = time.perf_counter()
+    labels = (np.random.default_rng(seed).choice(real.labels, n).tolist()
+              if cfg.num_classes else None)  # conditional: labels drawn like the real data's
+    fake = sample(nets["G"], n, batch_size=batch_size, labels=labels, seed=seed, device=dev,
+                  progress=progress)
+    t_gen = time.perf_counter()
+    gen_feats = ext(fake)
+    metrics = _compare(gen_feats, train_feats, held_feats, permutations, seed)
+    mem = metrics["memorisation"]
+    mem["closest"] = [{"generated_index": int(i), "distance": float(mem["generated_distances"][i]),
+                       "train_file": real.records[int(train_idx[mem["nearest_train_index"][i]])].file}
+                      for i in np.argsort(mem["generated_distances"])[:3]]
+    for key in ("generated_distances", "heldout_distances", "nearest_train_index"):
+        del mem[key]
+    metrics["ms_ssim"] = _diversity_pair(fake, real, data, cfg.size, n_pairs, seed, dev,
+                                         progress, cache_for(data))
+    report = {
+        "kind": REPORT_KIND, "hagan_kit_version": __version__, "checkpoint": str(checkpoint),
+        "preset": cfg.preset, "resolution": cfg.size, "data": str(data),
+        "data_sha256": data_fingerprint(data),
+        "heldout": str(heldout) if heldout is not None else f"seeded half of data (seed {seed})",
+        "extractor": ext.name, "weights_sha256": ext.weights_hash,
+        "weights_file": ext.weights_file, "feature_dim": int(gen_feats.shape[1]),
+        "n_generated": n, "n_real_train": len(train_feats), "n_real_heldout": len(held_feats),
+        "seed": seed, "device": str(dev), "metrics": metrics,
+        "seconds": {"real_features": round(t_real - start, 2), "generate": round(t_gen - t_real, 2),
+                    "total": round(time.perf_counter() - start, 2)},
+    }
+    if out is not None:
+        atomic_write_text(out, json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _compare(gen: np.ndarray, train: np.ndarray, held: np.ndarray, permutations: int,
+             seed: int) -> dict[str, Any]:
+    """FID, MMD and memorisation of generated and held-out features against train features."""
+    bandwidth = median_bandwidth(np.concatenate([train, held]))  # one kernel for both rows
+    mmd_gen, p_gen = mmd(gen, train, bandwidth, permutations, seed)
+    mmd_held, p_held = mmd(held, train, bandwidth, permutations, seed)
+    return {
+        "fid": {"generated_vs_train": fid(gen, train), "heldout_vs_train": fid(held, train)},
+        "mmd2": {"generated_vs_train": mmd_gen, "generated_p_value": p_gen,
+                 "heldout_vs_train": mmd_held, "heldout_p_value": p_held,
+                 "bandwidth": bandwidth, "permutations": permutations},
+        "memorisation": memorisation(gen, train, held),
+    }
+
+
+def _diversity_pair(fake: torch.Tensor, real: Any, root: PathLike, size: int, n_pairs: int,
+                    seed: int, device: torch.device, progress: bool, cache_dir: Path | None
+                    ) -> dict[str, Any]:
+    """Mean MS-SSIM of random generated pairs and of random real pairs (real ones cached)."""
+    key = hashlib.sha256(f"ms-ssim v1|{size}|{data_fingerprint(root)}|{n_pairs}|{seed}"
+                         .encode()).hexdigest()[:16]
+    path = None if cache_dir is None else cache_dir / f"ms_ssim_{key}.npz"
+    real_values = cached(path, key, lambda: pairwise_ms_ssim(real, n_pairs, seed, device=device,
+                                                             progress=progress))
+    gen_values = pairwise_ms_ssim(fake, n_pairs, seed, device=device, progress=progress)
+    return {"generated": float(gen_values.mean()), "real": float(real_values.mean()),
+            "generated_pairs": len(gen_values), "real_pairs": len(real_values),
+            "scales": ms_ssim_scales(size)}
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4g}"
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The report as a table in which every number names extractor, weights, N and resolution."""
+    r, m = report, report["metrics"]
+    mm, mem, ms = m["mmd2"], m["memorisation"], m["ms_ssim"]
+    res = f"{r['resolution']}^3"
+    n_real = r["n_real_train"] + (r["n_real_heldout"] if "seeded" in r["heldout"] else 0)
+    feat = (r["extractor"], r["weights_sha256"][:SHORT_HASH], res)
+    vox = ("voxels (no extractor)", "-", res)
+    gen = f"{r['n_generated']} vs {r['n_real_train']}"
+    held = f"{r['n_real_heldout']} vs {r['n_real_train']}"
+    rows = [
+        ("metric", "comparison", "value", "N", "extractor", "weights sha256", "resolution"),
+        ("FID", "generated vs real-train", _fmt(m["fid"]["generated_vs_train"]), gen, *feat),
+        ("FID", "real-heldout vs real-train", _fmt(m["fid"]["heldout_vs_train"]), held, *feat),
+        ("MMD^2 (p)", "generated vs real-train",
+         f"{_fmt(mm['generated_vs_train'])} (p={_fmt(mm['generated_p_value'])})", gen, *feat),
+        ("MMD^2 (p)", "real-heldout vs real-train",
+         f"{_fmt(mm['heldout_vs_train'])} (p={_fmt(mm['heldout_p_value'])})", held, *feat),
+        ("NN distance", "generated -> real-train", _fmt(mem["generated_median"]), gen, *feat),
+        ("NN distance", "real-heldout -> real-train", _fmt(mem["heldout_median"]), held, *feat),
+        ("MS-SSIM", "generated pairs", _fmt(ms["generated"]),
+         f"{r['n_generated']} ({ms['generated_pairs']} pairs)", *vox),
+        ("MS-SSIM", "real pairs", _fmt(ms["real"]), f"{n_real} ({ms['real_pairs']} pairs)", *vox),
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [f"hagan evaluate: {r['checkpoint']} vs {r['data']}"]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    lines.append(f"memorisation: median NN-distance ratio generated/held-out {_fmt(mem['ratio'])};"
+                 f" {mem['fraction_closer_than_any_heldout']:.0%} of generated volumes are closer "
+                 "to a training volume than any held-out volume is")
+    lines.append(f"lower FID / MMD^2 = closer to real: compare each with its real-vs-real row. "
+                 f"MS-SSIM ({ms['scales']} scales): lower = more diverse. Held-out: {r['heldout']}.")
+    return "\n".join(lines)
+
+
+# --- CLI: hagan evaluate CKPT --data DIR [--extractor ...] [--weights FILE] [--n N] [--out F] --
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="checkpoint file or run folder (newest checkpoint)")
+    p.add_argument("--data", required=True, help="prepared dataset of real volumes (the "
+                   "training data); split into train/held-out halves unless --heldout is given")
+    p.add_argument("--heldout", default=None,
+                   help="prepared dataset of real volumes the generator never saw (optional)")
+    p.add_argument("--extractor", default="random", choices=EXTRACTORS,
+                   help="feature network: random (offline, seeded), encoder (the checkpoint's "
+                   "E^G(E^H(x))) or medicalnetN with --weights (default: random)")
+    p.add_argument("--weights", default=None,
+                   help="MedicalNet weights file (resnet_N.pth) for --extractor medicalnetN")
+    p.add_argument("--n", type=int, default=64, help="generated volumes (default 64)")
+    p.add_argument("--out", default=None, help="write the JSON report here")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --out file")
+    p.add_argument("--cache-dir", default=None,
+                   help="cache of real features (default DATA/.hagan_cache)")
+    p.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of latents, real split, pairs and permutations (default 0)")
+    p.add_argument("--batch-size", type=int, default=2, help="volumes per forward pass")
+    p.add_argument("--permutations", type=int, default=PERMUTATIONS,
+                   help=f"MMD permutation-test draws, 0 for none (default {PERMUTATIONS})")
+    p.add_argument("--pairs", type=int, default=MS_SSIM_PAIRS,
+                   help=f"random pairs for MS-SSIM diversity (default {MS_SSIM_PAIRS})")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+
+
+def main(args: argparse.Namespace) -> int:
+    report = evaluate(args.checkpoint, args.data, extractor=args.extractor, weights=args.weights,
+                      n=args.n, out=args.out, cache_dir=args.cache_dir, seed=args.seed,
+                      device=args.device, heldout=args.heldout, batch_size=args.batch_size,
+                      permutations=args.permutations, n_pairs=args.pairs,
+                      use_cache=not args.no_cache, force=args.force)
+    print(format_table(report))
+    if args.out:
+        print(f"wrote {args.out}")
+    return 0
