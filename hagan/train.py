@@ -98,6 +98,7 @@ class Trainer:
             torch.cuda.set_device(self.device)
             torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest conv
 
+        autocast_context(self.device.type, cfg.precision)  # fail early on e.g. fp16 on CPU
         found = ckpt.latest_checkpoint(self.run_dir) if resume else None
         state = found[1] if found else None
         if state is not None:

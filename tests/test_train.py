@@ -1,0 +1,220 @@
+"""Training: the iteration, over-fitting, exact resume, precision, NaN guard, signals, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from helpers import REPO, make_random_dataset, run_cli
+
+from hagan import checkpoint as ckpt
+from hagan.config import preset
+from hagan.train import NonFiniteLossError, Trainer, read_metrics, train
+
+
+def tiny(data, **kw):
+    base = dict(iterations=6, batch_size=2, log_every=1, checkpoint_every=3, image_every=0,
+                tensorboard=False, progress=False, data=str(data))
+    return preset("tiny32", **{**base, **kw})
+
+
+@pytest.fixture
+def data(tmp_path):
+    return make_random_dataset(tmp_path / "data", n=6, size=32)
+
+
+def test_step_updates_every_network_and_only_it(data, tmp_path):
+    tr = Trainer(tiny(data), tmp_path / "run", resume=False)
+    before = {k: [p.detach().clone() for p in n.parameters()] for k, n in tr.nets.items()}
+    x = torch.rand(2, 1, 32, 32, 32) * 2 - 1
+    losses = tr.step(x)
+    assert set(losses) == {"loss_d", "loss_d_real", "loss_d_fake", "loss_g", "loss_e",
+                           "loss_sube"}
+    assert all(torch.isfinite(v) for v in losses.values())
+    for name, net in tr.nets.items():
+        changed = any(not torch.equal(a, b) for a, b in zip(before[name], net.parameters()))
+        assert changed, f"{name} was not updated"
+    # each phase freezes the others; after the last phase (Sub-E) nothing stays trainable
+    assert not any(p.requires_grad for p in tr.SubE.parameters())
+
+
+def test_slab_start_range_and_alignment(data, tmp_path):
+    tr = Trainer(tiny(data), tmp_path / "run", resume=False)
+    starts = {tr.draw_slab_start() for _ in range(500)}
+    assert min(starts) == 0 and max(starts) == 28  # 7S/8 for S=32, both ends reachable
+    tr = Trainer(tiny(data, align_slabs=True), tmp_path / "run2", resume=False)
+    starts = {tr.draw_slab_start() for _ in range(300)}
+    assert all(s % 4 == 0 for s in starts) and max(starts) == 28
+
+
+def test_overfit_one_volume_reduces_reconstruction_losses(tmp_path):
+    data = make_random_dataset(tmp_path / "one", n=1, size=32)
+    cfg = tiny(data, iterations=60, batch_size=1, lr_e=2e-3, checkpoint_every=1000)
+    result = train(cfg, tmp_path / "run")
+    log = read_metrics(tmp_path / "run")
+    first = sum(r["loss_e"] for r in log[:5]) / 5
+    last = sum(r["loss_e"] for r in log[-5:]) / 5
+    assert last < 0.8 * first, (first, last)
+    first_s = sum(r["loss_sube"] for r in log[:5]) / 5
+    last_s = sum(r["loss_sube"] for r in log[-5:]) / 5
+    assert last_s < first_s, (first_s, last_s)
+    assert result.step == 60
+
+
+def test_resume_is_exact(data, tmp_path):
+    full = train(tiny(data), tmp_path / "full")
+    train(tiny(data, iterations=3), tmp_path / "split")
+    resumed = train(tiny(data), tmp_path / "split")  # continues from iteration 3
+    assert full.step == resumed.step == 6
+    log_full, log_split = read_metrics(tmp_path / "full"), read_metrics(tmp_path / "split")
+    keys = ["step", "loss_d", "loss_g", "loss_e", "loss_sube"]
+    assert [[r[k] for k in keys] for r in log_full] == [[r[k] for k in keys] for r in log_split]
+    a = ckpt.load_checkpoint(full.checkpoint)["models"]
+    b = ckpt.load_checkpoint(resumed.checkpoint)["models"]
+    for net in a:
+        for k in a[net]:
+            assert torch.equal(a[net][k], b[net][k]), f"{net}.{k} differs after resume"
+
+
+def test_keeps_last_k_checkpoints(data, tmp_path):
+    train(tiny(data, iterations=8, checkpoint_every=2, keep_checkpoints=2), tmp_path / "run")
+    names = [p.name for p in ckpt.list_checkpoints(tmp_path / "run")]
+    assert names == ["ckpt_00000006.pt", "ckpt_00000008.pt"]
+
+
+def test_same_seed_same_losses(data, tmp_path):
+    a = train(tiny(data, iterations=3), tmp_path / "a").losses
+    b = train(tiny(data, iterations=3), tmp_path / "b").losses
+    assert a == b
+
+
+def test_bf16_run_stays_in_fp32_loss_range(data, tmp_path):
+    fp32 = read_metrics(train(tiny(data, iterations=12), tmp_path / "fp32").run_dir)
+    bf16 = read_metrics(train(tiny(data, iterations=12, precision="bf16"),
+                              tmp_path / "bf16").run_dir)
+    for key in ("loss_d", "loss_g", "loss_e", "loss_sube"):
+        a = sum(r[key] for r in fp32[-4:]) / 4
+        b = sum(r[key] for r in bf16[-4:]) / 4
+        assert abs(a - b) < 0.25 * max(abs(a), 0.2), (key, a, b)
+
+
+def test_fp16_on_cpu_is_a_clear_error(data, tmp_path):
+    with pytest.raises(ValueError, match="fp16 needs a CUDA GPU"):
+        train(tiny(data, precision="fp16", device="cpu"), tmp_path / "run")
+
+
+def test_nan_in_data_stops_and_keeps_last_good_checkpoint(tmp_path):
+    import numpy as np
+
+    data = make_random_dataset(tmp_path / "data", n=2, size=32)
+    vol = np.load(data / "volumes" / "vol_001.npy")
+    vol[:] = np.nan
+    np.save(data / "volumes" / "vol_001.npy", vol)
+    cfg = tiny(data, iterations=10, batch_size=1, checkpoint_every=1)
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at iteration \d+.*last good "
+                                                 r"checkpoint is .*ckpt_"):
+        train(cfg, tmp_path / "run")
+    path, state = ckpt.latest_checkpoint(tmp_path / "run")
+    for sd in state["models"].values():
+        assert all(torch.isfinite(t).all() for t in sd.values() if t.is_floating_point())
+
+
+def test_conditional_training_runs(tmp_path):
+    data = make_random_dataset(tmp_path / "data", n=4, size=32, labels=["a", "b"])
+    result = train(tiny(data, num_classes=2, iterations=2), tmp_path / "run")
+    assert result.step == 2 and all(v == v for v in result.losses.values())
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    data = make_random_dataset(tmp_path / "data", n=2, size=32)
+    cases = [
+        (["train", "--preset", "nope", "--data", str(data), "--out", str(tmp_path / "r")],
+         "unknown preset"),
+        (["train", "--data", str(data), "--out", str(tmp_path / "r"), "--set", "bogus=1"],
+         "unknown config key"),
+        (["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r")],
+         "does not exist"),
+        (["train", "--preset", "small64", "--data", str(data), "--out", str(tmp_path / "r")],
+         "expects 64\\^3 volumes"),
+        (["train", "--data", str(data), "--out", str(tmp_path / "r"), "--set", "batch_size=0"],
+         "batch_size must be > 0"),
+        (["train", "--out", str(tmp_path / "r")], "--data is required"),
+        (["generate", str(tmp_path / "nothing.pt"), "--out", str(tmp_path / "g")],
+         "does not exist"),
+    ]
+    import re
+
+    for args, message in cases:
+        proc = run_cli(*args)
+        assert proc.returncode != 0, args
+        assert "Traceback" not in proc.stderr, proc.stderr
+        assert re.search(message, proc.stderr), (args, proc.stderr)
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+@pytest.mark.slow
+def test_cli_train_generate_and_sigterm(tmp_path):
+    data = make_random_dataset(tmp_path / "data", n=4, size=32)
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "hagan", "train", "--data", str(data), "--out", str(run),
+           "--set", "iterations=100000", "--set", "checkpoint_every=100000",
+           "--set", "progress=False"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=REPO)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run / "metrics.jsonl").exists():
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, (out, err)
+    assert "stopped by SIGTERM" in out and "checkpoint saved" in out
+    path, state = ckpt.latest_checkpoint(run)
+    assert state["step"] >= 10
+
+    gen = run_cli("generate", str(run), "--n", "2", "--out", str(tmp_path / "samples"),
+                  check=True)
+    assert "wrote 2 volume(s)" in gen.stdout
+    again = run_cli("generate", str(run), "--n", "2", "--out", str(tmp_path / "samples"))
+    assert again.returncode != 0 and "already exists" in again.stderr
+
+
+DDP_SCRIPT = r"""
+import hashlib, json, os, sys, torch
+from hagan.config import preset
+from hagan.train import Trainer
+data, out = sys.argv[1], sys.argv[2]
+cfg = preset("tiny32", iterations=3, batch_size=1, log_every=1, checkpoint_every=100,
+             image_every=0, tensorboard=False, progress=False, data=data, device="cpu")
+tr = Trainer(cfg, out, resume=False)
+tr.train()
+h = hashlib.sha256()
+for name in ("G", "D", "E", "SubE"):
+    for k, v in sorted(tr.nets[name].state_dict().items()):
+        h.update(k.encode()); h.update(v.detach().cpu().numpy().tobytes())
+with open(os.path.join(out, f"rank{tr.rank}.json"), "w") as fh:
+    json.dump({"rank": tr.rank, "world": tr.world, "hash": h.hexdigest()}, fh)
+"""
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_keep_replicas_identical(tmp_path):
+    data = make_random_dataset(tmp_path / "data", n=4, size=32)
+    script = tmp_path / "ddp_train.py"
+    script.write_text(DDP_SCRIPT)
+    out = tmp_path / "run"
+    out.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(script), str(data), str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+    assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout}\n{proc.stderr}"
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world"] for r in ranks] == [2, 2]
+    assert ranks[0]["hash"] == ranks[1]["hash"]
+    assert ckpt.latest_checkpoint(out)[1]["step"] == 3
