@@ -253,18 +253,20 @@ def load_medicalnet(path: PathLike, depth: int) -> tuple[MedicalNetResNet, str]:
                else f"hagan-kit offers depths {MEDICALNET_DEPTHS}")
         raise CheckpointError(f"{path} holds MedicalNet ResNet-{found[0]} weights, not "
                               f"ResNet-{depth}; {fix}")
-    net = MedicalNetResNet(depth, shortcut=found[1])
+    with torch.device("meta"):  # no memory or init work: every tensor comes from the file
+        net = MedicalNetResNet(depth, shortcut=found[1])
     expected = net.state_dict()
-    for key, value in expected.items():  # files from PyTorch < 0.4.1 lack the BN counters
+    for key in expected:  # files from PyTorch < 0.4.1 lack the BN counters (unused in eval)
         if key.endswith("num_batches_tracked"):
-            state.setdefault(key, value)
+            state.setdefault(key, torch.tensor(0))
     problems = sorted(set(expected) ^ set(state)) + sorted(
         f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
         if k in state and state[k].shape != v.shape)
     if problems:
         raise CheckpointError(f"{path}: the weights do not fit a MedicalNet ResNet-{depth} "
                               f"(mismatched: {_listed(problems)})")
-    net.load_state_dict(state)
+    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()},
+                        assign=True)
     return net, digest
 
 
@@ -394,6 +396,16 @@ class FeatureExtractor:
         return np.concatenate(out)
 
 
+def check_extractor(kind: str, weights: PathLike | None) -> None:
+    """Raise ValueError unless ``kind`` is known and ``weights`` are given exactly for MedicalNet."""
+    if kind not in EXTRACTORS:
+        raise ValueError(f"unknown extractor {kind!r}; choose one of {', '.join(EXTRACTORS)}")
+    if kind.startswith("medicalnet") != (weights is not None):
+        raise ValueError(f"--weights FILE is needed for {', '.join(EXTRACTORS[2:])} (MedicalNet's "
+                         f"resnet_<depth>.pth) and only for them; got extractor {kind!r} and "
+                         f"weights {weights}")
+
+
 def build_extractor(kind: str = "random", weights: PathLike | None = None,
                     models: Mapping[str, nn.Module] | None = None, size: int | None = None,
                     device: str | torch.device = "auto", batch_size: int = 2, seed: int = 0,
@@ -410,12 +422,7 @@ def build_extractor(kind: str = "random", weights: PathLike | None = None,
     Raises:
         ValueError: unknown kind, or weights/models missing or given where they do not belong.
     """
-    if kind not in EXTRACTORS:
-        raise ValueError(f"unknown extractor {kind!r}; choose one of {', '.join(EXTRACTORS)}")
-    if kind.startswith("medicalnet") != (weights is not None):
-        raise ValueError(f"--weights FILE is needed for {', '.join(EXTRACTORS[2:])} (MedicalNet's "
-                         f"resnet_<depth>.pth) and only for them; got extractor {kind!r} and "
-                         f"weights {weights}")
+    check_extractor(kind, weights)
     common = dict(device=device, batch_size=batch_size, progress=progress)
     if kind == "random":
         net = RandomFeatureNet(seed)

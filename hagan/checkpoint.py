@@ -77,18 +77,21 @@ def load_checkpoint(path: PathLike, map_location: str | torch.device = "cpu") ->
         raise CheckpointError(f"checkpoint {path} does not exist")
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes): the write was interrupted")
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
+    if magic[:2] != b"PK":  # torch.save writes a zip archive
+        raise CheckpointError(f"{path} is not a checkpoint: it was not written by torch.save")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types for bad files
-        text = str(exc)
-        if "Weights only load failed" in text or "Unsupported global" in text:
+        if "WeightsUnpickler" in str(exc) or "Unsupported global" in str(exc):
             raise CheckpointError(
-                f"refusing to load {path}: it contains Python objects other than tensors, which "
-                "could run code when unpickled (hagan loads with weights_only=True)"
+                f"refusing to load {path}: it holds Python objects or pickle instructions that "
+                "are not plain tensors and containers, which could run code when unpickled "
+                "(hagan loads with weights_only=True)"
             ) from None
-        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or not a torch "
-                              f"file): {text.splitlines()[0] if text else type(exc).__name__}"
-                              ) from None
+        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt: "
+                              f"{type(exc).__name__})") from None
     if not isinstance(state, dict) or state.get("kind") != KIND:
         raise CheckpointError(
             f"{path} is not a hagan-kit checkpoint. For weights published with the original "

@@ -36,7 +36,7 @@ from scipy.spatial.distance import cdist
 
 from .checkpoint import CheckpointError
 from .config import PathLike
-from .analysis import EXTRACTORS, FeatureExtractor, _item, build_extractor
+from .analysis import EXTRACTORS, FeatureExtractor, _item, build_extractor, check_extractor
 
 logger = logging.getLogger(__name__)
 
@@ -419,8 +419,7 @@ def _check_request(n: int, extractor: str, weights: PathLike | None, out: PathLi
     """Validate cheap arguments before any model or data is loaded."""
     if n < 2:
         raise ValueError(f"--n must be >= 2 (a covariance needs two samples), not {n}")
-    if extractor not in EXTRACTORS:
-        raise ValueError(f"unknown extractor {extractor!r}; choose one of {', '.join(EXTRACTORS)}")
+    check_extractor(extractor, weights)
     if weights is not None and not Path(weights).is_file():
         raise FileNotFoundError(f"weights file {weights} does not exist")
     if out is not None and Path(out).exists() and not force:

@@ -144,12 +144,21 @@ def save(fig, path: PathLike, dpi: int = 110) -> Path:
     return path
 
 
-def slice_viewer(volume, title: str = "volume"):
+def slice_viewer(volume, title: str = "volume", interactive: bool | None = None):
     """Interactive axial/coronal/sagittal sliders (ipywidgets); a static figure when headless.
+
+    Args:
+        volume: (S, S, S) or (1, S, S, S) array or tensor, kit order (z, y, x).
+        title: Figure title.
+        interactive: None: sliders whenever a notebook kernel with ipywidgets is running;
+            False: always the static figure (papermill and ``make demo`` runs have a kernel but no
+            one to move the sliders, so the notebooks pass False there).
 
     Returns the widget in a live notebook kernel with ipywidgets, else the static ``Figure``.
     """
     v = _as_volume(volume)
+    if interactive is False:
+        return plot_orthogonal(v, title)
     try:
         import ipywidgets as widgets
         from IPython.display import display  # noqa: F401
@@ -170,3 +179,171 @@ def slice_viewer(volume, title: str = "volume"):
         coronal=widgets.IntSlider(h // 2, 0, h - 1, description="coronal"),
         sagittal=widgets.IntSlider(w // 2, 0, w - 1, description="sagittal"),
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures of the teaching notebooks (notebooks/02, 01, 05, 07)
+# ---------------------------------------------------------------------------------------------
+def plot_slab(volume, start: int, depth: int, title: str = "what the discriminator sees"):
+    """The hierarchical view of one volume: where slab [start, start + depth) lies, the slab
+    itself at full resolution, and the whole image at 1/4 resolution (what D^L judges).
+
+    Args:
+        volume: (S, S, S) volume in [-1, 1], kit order (z, y, x); z is the slab (axial) axis.
+        start: Slab start c (axial index).
+        depth: Slab depth S/8.
+    """
+    plt = _plt()
+    v = _as_volume(volume)
+    S = v.shape[0]
+    ix = v.shape[2] // 2
+    low = v[::4, ::4, ::4]
+    slab = v[start:start + depth]
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.8), constrained_layout=True)
+    panels = [
+        (v[:, :, ix], f"full volume {S}^3 (sagittal slice {ix}):\nslab [{start}, {start + depth}) "
+                      "shaded", ("posterior → anterior", "inferior → superior (axial index)"),
+         "equal"),
+        (slab[:, :, ix], f"G^H / D^H: the slab, {depth} x {S} x {S}\n(sagittal slice {ix}, full "
+                         "resolution, stretched)", ("posterior → anterior",
+                                                    "slice within the slab"), "auto"),
+        (low[:, :, ix // 4], f"G^L / D^L: whole image at 1/4, {S // 4}^3\n(sagittal slice "
+                             f"{ix // 4})", ("posterior → anterior", "inferior → superior"),
+         "equal"),
+    ]
+    im = None
+    for ax, (img, name, (xl, yl), aspect) in zip(axes, panels):
+        im = ax.imshow(img, cmap="gray", vmin=-1, vmax=1, origin="lower",
+                       interpolation="nearest", aspect=aspect)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel(xl, fontsize=8)
+        ax.set_ylabel(yl, fontsize=8)
+    axes[0].axhspan(start - 0.5, start + depth - 0.5, color="tab:orange", alpha=0.35)
+    fig.colorbar(im, ax=axes, shrink=0.8, label="intensity (scaled to [-1, 1])")
+    fig.suptitle(title)
+    return fig
+
+
+def plot_slab_coverage(coverage, depth: int, iterations: int,
+                       title: str = "how often each axial slice is inside the training slab"):
+    """Bar chart of the number of iterations in which each axial slice fell inside the slab."""
+    plt = _plt()
+    cover = np.asarray(coverage)
+    fig, ax = plt.subplots(figsize=(8, 3.4), constrained_layout=True)
+    ax.bar(np.arange(len(cover)), cover, width=1.0, color="tab:blue", label="measured")
+    S = len(cover)
+    expected = iterations * depth / (S - depth + 1)  # a middle slice: depth of the S-depth+1 starts
+    ax.axhline(expected, color="tab:orange", linestyle="--",
+               label=f"expected for a middle slice ({expected:.0f})")
+    ax.set_xlabel("axial slice index (inferior → superior)")
+    ax.set_ylabel(f"iterations (of {iterations}) inside the slab")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_step_costs(records: Sequence[dict], title: str = "one generator update: naive vs "
+                    "hierarchical"):
+    """Memory and time of :func:`hagan.teaching.step_cost` records against the cube size.
+
+    Left: activation memory autograd keeps for backward (and the CUDA peak when measured), right:
+    seconds per step. Log scales: a straight line of slope 3 is the S^3 growth. Skipped or
+    out-of-memory measurements are marked with an x at the top of the panel.
+    """
+    plt = _plt()
+    fig, (ax_m, ax_t) = plt.subplots(1, 2, figsize=(10, 3.8), constrained_layout=True)
+    colors = {"naive": "tab:red", "hierarchical": "tab:green"}
+    for mode, color in colors.items():
+        ok = [r for r in records if r["mode"] == mode and r["status"] == "ok"]
+        if not ok:
+            continue
+        sizes = [r["size"] for r in ok]
+        ax_m.plot(sizes, [r["saved_mib"] for r in ok], "o-", color=color,
+                  label=f"{mode}: saved for backward")
+        if all(r.get("peak_mib") is not None for r in ok):
+            ax_m.plot(sizes, [r["peak_mib"] for r in ok], "s--", color=color,
+                      label=f"{mode}: CUDA peak")
+        ax_t.plot(sizes, [r["seconds"] for r in ok], "o-", color=color, label=mode)
+    failed = [r for r in records if r["status"] != "ok"]
+    for r in failed:
+        for ax in (ax_m, ax_t):
+            ax.annotate(f"{r['mode']} {r['size']}^3:\n{r['status'].split(':')[0]}",
+                        (r["size"], 1.0), xycoords=("data", "axes fraction"), fontsize=7,
+                        ha="center", va="top", color=colors[r["mode"]])
+    sizes = sorted({r["size"] for r in records})
+    for ax, ylabel, name in ((ax_m, "memory (MiB, log scale)", "activation memory"),
+                             (ax_t, "seconds per step (log scale)", "time")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xticks(sizes, [str(s) for s in sizes])
+        ax.set_xlabel("cube size S (voxels per side)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(name)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    return fig
+
+
+def plot_bars(values: dict, title: str, ylabel: str, xlabel: str = ""):
+    """A labelled bar chart of name -> value (e.g. seconds per iteration per precision)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.4), constrained_layout=True)
+    names, heights = list(values), [float(v) for v in values.values()]
+    bars = ax.bar(names, heights, color=[f"C{i}" for i in range(len(names))])
+    ax.bar_label(bars, fmt="%.3g", fontsize=8)
+    ax.set_title(title)
+    ax.set_ylabel(ylabel)
+    ax.set_xlabel(xlabel)
+    return fig
+
+
+def plot_metric_report(report: dict, title: str | None = None):
+    """The numbers of a ``hagan.metrics.evaluate`` report: each generated-vs-real value next to
+    its real-vs-real baseline (FID, MMD^2, MS-SSIM diversity, memorisation distances)."""
+    plt = _plt()
+    m = report["metrics"]
+    panels = [
+        ("FID (lower = closer)", "Fréchet distance",
+         {"generated vs train": m["fid"]["generated_vs_train"],
+          "held-out real vs train": m["fid"]["heldout_vs_train"]}),
+        ("MMD² (lower = closer)", "unbiased MMD²",
+         {"generated vs train": m["mmd2"]["generated_vs_train"],
+          "held-out real vs train": m["mmd2"]["heldout_vs_train"]}),
+        ("MS-SSIM of random pairs\n(lower = more diverse)", "mean MS-SSIM",
+         {"generated pairs": m["ms_ssim"]["generated"], "real pairs": m["ms_ssim"]["real"]}),
+        ("nearest training neighbour\n(much lower = copying)", "median distance",
+         {"generated": m["memorisation"]["generated_median"],
+          "held-out real": m["memorisation"]["heldout_median"]}),
+    ]
+    fig, axes = plt.subplots(1, 4, figsize=(13, 3.6), constrained_layout=True)
+    for ax, (name, ylabel, vals) in zip(axes, panels):
+        bars = ax.bar(list(vals), list(vals.values()), color=["tab:purple", "tab:gray"])
+        ax.bar_label(bars, fmt="%.3g", fontsize=8)
+        ax.set_title(name, fontsize=9)
+        ax.set_ylabel(ylabel)
+        ax.set_xlabel("compared sets")
+        ax.tick_params(axis="x", labelsize=7)
+    fig.suptitle(title or f"{report['extractor']} features, N = {report['n_generated']} "
+                          f"generated, {report['resolution']}^3")
+    return fig
+
+
+def plot_histograms(arrays: dict, title: str, xlabel: str, window: Sequence[float] | None = None,
+                    bins: int = 80):
+    """Intensity histograms (log counts) of name -> array, with an optional window [low, high]."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 3.4), constrained_layout=True)
+    for name, a in arrays.items():
+        values = np.asarray(a.detach().cpu() if hasattr(a, "detach") else a, dtype=np.float32)
+        ax.hist(values.ravel(), bins=bins, histtype="step", linewidth=1.5, label=name, log=True)
+    if window is not None:
+        for x in window:
+            ax.axvline(x, color="black", linestyle="--", linewidth=1)
+        ax.axvspan(window[0], window[1], color="gold", alpha=0.15,
+                   label=f"window [{window[0]:g}, {window[1]:g}]")
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("voxels (log scale)")
+    ax.legend(fontsize=8)
+    return fig
