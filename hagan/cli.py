@@ -37,7 +37,9 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
             PermissionError, DataError, CheckpointError, KeyError)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``hagan`` parser. Only ``command``'s module is imported (imports of torchio, nilearn
+    or scikit-learn take seconds), so ``hagan train`` does not pay for ``hagan evaluate``."""
     parser = argparse.ArgumentParser(
         prog="hagan",
         description="HA-GAN for 3D medical images: data, training, generation, evaluation.",
@@ -46,9 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
+        if name != command:
+            continue
         try:
             mod = importlib.import_module(module)
-        except ImportError:  # a module still under construction must not break the others
+        except ImportError as exc:  # an optional dependency missing must not break the others
+            p.set_defaults(_import_error=str(exc))
             continue
         mod.add_arguments(p)
         p.set_defaults(_module=module)
@@ -56,7 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if a in COMMANDS), None)
+    parser = build_parser(command)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(message)s")
@@ -64,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     if not hasattr(args, "_module"):
-        print(f"hagan {args.command}: error: this command is not available in this install",
-              file=sys.stderr)
+        print(f"hagan {args.command}: error: this command cannot be loaded: "
+              f"{getattr(args, '_import_error', 'unknown reason')}", file=sys.stderr)
         return 2
     mod = importlib.import_module(args._module)
     try:

@@ -131,7 +131,9 @@ def test_conditional_training_runs(tmp_path):
     assert result.step == 2 and all(v == v for v in result.losses.values())
 
 
-def test_cli_errors_are_one_line(tmp_path):
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    from hagan.cli import main
+
     data = make_random_dataset(tmp_path / "data", n=2, size=32)
     cases = [
         (["train", "--preset", "nope", "--data", str(data), "--out", str(tmp_path / "r")],
@@ -151,11 +153,16 @@ def test_cli_errors_are_one_line(tmp_path):
     import re
 
     for args, message in cases:
-        proc = run_cli(*args)
-        assert proc.returncode != 0, args
-        assert "Traceback" not in proc.stderr, proc.stderr
-        assert re.search(message, proc.stderr), (args, proc.stderr)
-        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        code = main(args)
+        err = capsys.readouterr().err
+        assert code != 0, args
+        assert re.search(message, err), (args, err)
+        assert len(err.strip().splitlines()) == 1, err
+    # and once through a real process: one line on stderr, no traceback
+    proc = run_cli("train", "--preset", "nope", "--data", str(data), "--out", str(tmp_path / "r"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == "hagan train: error: unknown preset 'nope'; choose one of " \
+                                  "paper256, paper128, small64, tiny32"
 
 
 @pytest.mark.slow
