@@ -332,7 +332,8 @@ def hash_state_dict(*modules: nn.Module) -> str:
 # ---------------------------------------------------------------------------------------------
 # FeatureExtractor
 # ---------------------------------------------------------------------------------------------
-def _item(volumes: Any, index: int) -> torch.Tensor:
+def volume_at(volumes: Any, index: int) -> torch.Tensor:
+    """Item ``index`` of a tensor/array (N, 1, S, S, S) or a dataset, as a (1, S, S, S) tensor."""
     item = volumes[index]
     if isinstance(item, (tuple, list)):  # (volume, label) from a conditional dataset
         item = item[0]
@@ -372,7 +373,7 @@ class FeatureExtractor:
         if isinstance(volumes, (torch.Tensor, np.ndarray)):
             batch = torch.as_tensor(volumes[start:stop], dtype=torch.float32)
         else:
-            batch = torch.stack([_item(volumes, i) for i in range(start, stop)])
+            batch = torch.stack([volume_at(volumes, i) for i in range(start, stop)])
         if batch.dim() != 5 or batch.shape[1] != 1:
             raise ValueError(f"expected volumes (N, 1, D, H, W), got a batch of shape "
                              f"{tuple(batch.shape)}")
@@ -397,7 +398,7 @@ class FeatureExtractor:
 
 
 def check_extractor(kind: str, weights: PathLike | None) -> None:
-    """Raise ValueError unless ``kind`` is known and ``weights`` are given exactly for MedicalNet."""
+    """Raise ValueError unless ``kind`` is known and ``weights`` go with MedicalNet, only."""
     if kind not in EXTRACTORS:
         raise ValueError(f"unknown extractor {kind!r}; choose one of {', '.join(EXTRACTORS)}")
     if kind.startswith("medicalnet") != (weights is not None):

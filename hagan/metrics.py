@@ -24,7 +24,7 @@ import os
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +34,10 @@ import torch
 import torch.nn.functional as F
 from scipy.spatial.distance import cdist
 
+from .analysis import (EXTRACTORS, FeatureExtractor, build_extractor, check_extractor,
+                       volume_at)
 from .checkpoint import CheckpointError
-from .config import PathLike
-from .analysis import EXTRACTORS, FeatureExtractor, _item, build_extractor, check_extractor
+from .config import Config, PathLike
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ CACHE_DIRNAME = ".hagan_cache"  # default cache folder inside the prepared datas
 CACHE_VERSION = "hagan-kit real features v1"  # part of the cache key: bump when features change
 REPORT_KIND = "hagan-kit evaluation report"
 SHORT_HASH = 12  # hex digits of a SHA-256 shown in tables
+CLOSEST_LISTED = 3  # generated volumes nearest to a training volume, named in the report
 
 
 # ---------------------------------------------------------------------------------------------
@@ -93,8 +95,8 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
     Raises:
         ValueError: the shapes do not match.
     """
-    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
-    sigma1, sigma2 = np.atleast_2d(sigma1).astype(np.float64), np.atleast_2d(sigma2).astype(np.float64)
+    mu1, mu2 = (np.atleast_1d(np.asarray(m, dtype=np.float64)) for m in (mu1, mu2))
+    sigma1, sigma2 = (np.atleast_2d(np.asarray(s, dtype=np.float64)) for s in (sigma1, sigma2))
     f = mu1.shape[0]
     if mu1.shape != (f,) or mu2.shape != (f,) or sigma1.shape != (f, f) or sigma2.shape != (f, f):
         raise ValueError(f"expected means (F,) and covariances (F, F) of one F; got {mu1.shape}, "
@@ -107,7 +109,7 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
 
 def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray, eps: float = SQRTM_EPS
                        ) -> tuple[float, str]:
-    """tr((sigma1 sigma2)^(1/2)) and the route that gave it: ``sqrtm``, ``sqrtm+eps`` or ``eigh``."""
+    """tr((sigma1 sigma2)^(1/2)) and the route taken: ``sqrtm``, ``sqrtm+eps`` or ``eigh``."""
     eye = np.eye(sigma1.shape[0])
     for route, offset in (("sqrtm", 0.0), ("sqrtm+eps", eps)):
         with warnings.catch_warnings(), np.errstate(all="ignore"):
@@ -295,8 +297,8 @@ def pairwise_ms_ssim(volumes: Any, n_pairs: int = MS_SSIM_PAIRS, seed: int = 0,
     for i in tqdm(range(0, len(pairs), batch_size), desc="MS-SSIM", disable=not progress,
                   leave=False):
         chunk = pairs[i:i + batch_size]
-        a = torch.stack([_item(volumes, int(p)) for p in chunk[:, 0]]).to(device)
-        b = torch.stack([_item(volumes, int(p)) for p in chunk[:, 1]]).to(device)
+        a = torch.stack([volume_at(volumes, int(p)) for p in chunk[:, 0]]).to(device)
+        b = torch.stack([volume_at(volumes, int(p)) for p in chunk[:, 1]]).to(device)
         values.append(ms_ssim_3d(a, b))
     return np.concatenate(values)
 
@@ -456,9 +458,8 @@ def evaluate(checkpoint: PathLike, data: PathLike, extractor: str = "random",
         The report (also written to ``out``): metadata naming extractor, weights SHA-256, N and
         resolution, and ``metrics`` with each generated value next to its real baseline.
     """
-    from . import __version__
     from .checkpoint import load_models
-    from .data import DataError, PreparedDataset, atomic_write_text
+    from .data import PreparedDataset
     from .generate import sample
     from .runtime import resolve_device
 
@@ -475,18 +476,8 @@ def evaluate(checkpoint: PathLike, data: PathLike, extractor: str = "random",
     def cache_for(root: PathLike) -> Path | None:
         return None if not use_cache else Path(cache_dir or Path(root) / CACHE_DIRNAME)
 
-    feats = real_features(ext, real, data, cfg.size, cache_for(data))
-    if heldout is not None:
-        held_set = PreparedDataset(heldout, size=cfg.size, num_classes=cfg.num_classes)
-        train_idx = np.arange(len(real))
-        held_feats = real_features(ext, held_set, heldout, cfg.size, cache_for(heldout))
-    else:
-        train_idx, held_idx = split_halves(len(real), seed)
-        held_feats = feats[held_idx]
-    train_feats = feats[train_idx]
-    if min(len(train_feats), len(held_feats)) < 2:
-        raise DataError(f"evaluation needs at least {MIN_REAL} real volumes (2 per half), found "
-                        f"{len(real)} in {data}")
+    train_idx, train_feats, held_feats = _real_sets(ext, real, data, heldout, cfg, seed,
+                                                    cache_for)
     t_real = time.perf_counter()
     labels = (np.random.default_rng(seed).choice(real.labels, n).tolist()
               if cfg.num_classes else None)  # conditional: labels drawn like the real data's
@@ -495,29 +486,68 @@ def evaluate(checkpoint: PathLike, data: PathLike, extractor: str = "random",
     t_gen = time.perf_counter()
     gen_feats = ext(fake)
     metrics = _compare(gen_feats, train_feats, held_feats, permutations, seed)
-    mem = metrics["memorisation"]
-    mem["closest"] = [{"generated_index": int(i), "distance": float(mem["generated_distances"][i]),
-                       "train_file": real.records[int(train_idx[mem["nearest_train_index"][i]])].file}
-                      for i in np.argsort(mem["generated_distances"])[:3]]
-    for key in ("generated_distances", "heldout_distances", "nearest_train_index"):
-        del mem[key]
+    _name_closest(metrics["memorisation"], [real.records[i].file for i in train_idx])
     metrics["ms_ssim"] = _diversity_pair(fake, real, data, cfg.size, n_pairs, seed, dev,
                                          progress, cache_for(data))
-    report = {
+    report = _report(checkpoint, data, heldout, cfg, ext, gen_feats, train_feats, held_feats,
+                     seed, dev, metrics)
+    report["seconds"] = {"real_features": round(t_real - start, 2),
+                         "generate": round(t_gen - t_real, 2),
+                         "total": round(time.perf_counter() - start, 2)}
+    if out is not None:
+        from .data import atomic_write_text
+
+        atomic_write_text(out, json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _real_sets(ext: FeatureExtractor, real: Any, data: PathLike, heldout: PathLike | None,
+               cfg: Config, seed: int, cache_for: Callable[[PathLike], Path | None]
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(train indices into ``real``, train features, held-out features)."""
+    from .data import DataError, PreparedDataset
+
+    feats = real_features(ext, real, data, cfg.size, cache_for(data))
+    if heldout is not None:
+        held_set = PreparedDataset(heldout, size=cfg.size, num_classes=cfg.num_classes)
+        train_idx = np.arange(len(real))
+        held_feats = real_features(ext, held_set, heldout, cfg.size, cache_for(heldout))
+    else:
+        train_idx, held_idx = split_halves(len(real), seed)
+        held_feats = feats[held_idx]
+    if min(len(train_idx), len(held_feats)) < 2:
+        raise DataError(f"evaluation needs at least {MIN_REAL} real volumes (2 per half), found "
+                        f"{len(real)} in {data}")
+    return train_idx, feats[train_idx], held_feats
+
+
+def _name_closest(mem: dict[str, Any], train_files: list[str]) -> None:
+    """Replace memorisation's arrays by the few generated volumes nearest to a training file."""
+    order = np.argsort(mem["generated_distances"])[:CLOSEST_LISTED]
+    mem["closest"] = [{"generated_index": int(i), "distance": float(mem["generated_distances"][i]),
+                       "train_file": train_files[int(mem["nearest_train_index"][i])]}
+                      for i in order]
+    for key in ("generated_distances", "heldout_distances", "nearest_train_index"):
+        del mem[key]
+
+
+def _report(checkpoint: PathLike, data: PathLike, heldout: PathLike | None, cfg: Config,
+            ext: FeatureExtractor, gen_feats: np.ndarray, train_feats: np.ndarray,
+            held_feats: np.ndarray, seed: int, device: torch.device,
+            metrics: dict[str, Any]) -> dict[str, Any]:
+    from . import __version__
+
+    return {
         "kind": REPORT_KIND, "hagan_kit_version": __version__, "checkpoint": str(checkpoint),
         "preset": cfg.preset, "resolution": cfg.size, "data": str(data),
         "data_sha256": data_fingerprint(data),
         "heldout": str(heldout) if heldout is not None else f"seeded half of data (seed {seed})",
         "extractor": ext.name, "weights_sha256": ext.weights_hash,
         "weights_file": ext.weights_file, "feature_dim": int(gen_feats.shape[1]),
-        "n_generated": n, "n_real_train": len(train_feats), "n_real_heldout": len(held_feats),
-        "seed": seed, "device": str(dev), "metrics": metrics,
-        "seconds": {"real_features": round(t_real - start, 2), "generate": round(t_gen - t_real, 2),
-                    "total": round(time.perf_counter() - start, 2)},
+        "n_generated": len(gen_feats), "n_real_train": len(train_feats),
+        "n_real_heldout": len(held_feats), "seed": seed, "device": str(device),
+        "metrics": metrics,
     }
-    if out is not None:
-        atomic_write_text(out, json.dumps(report, indent=2) + "\n")
-    return report
 
 
 def _compare(gen: np.ndarray, train: np.ndarray, held: np.ndarray, permutations: int,
@@ -585,7 +615,8 @@ def format_table(report: dict[str, Any]) -> str:
                  f" {mem['fraction_closer_than_any_heldout']:.0%} of generated volumes are closer "
                  "to a training volume than any held-out volume is")
     lines.append(f"lower FID / MMD^2 = closer to real: compare each with its real-vs-real row. "
-                 f"MS-SSIM ({ms['scales']} scales): lower = more diverse. Held-out: {r['heldout']}.")
+                 f"MS-SSIM ({ms['scales']} scales): lower = more diverse. "
+                 f"Held-out: {r['heldout']}.")
     return "\n".join(lines)
 
 

@@ -24,8 +24,10 @@ import logging
 import math
 import pickle
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import nn
@@ -42,7 +44,7 @@ DATA_PARALLEL_PREFIX = "module."  # nn.DataParallel prefixes every key (publishe
 KINDS = ("G", "D", "E", "SubE")  # the kit's names, as in hagan.models.build_models
 KIND_NAMES = {"G": "generator", "D": "discriminator", "E": "encoder (E^H)",
               "SubE": "sub-encoder (E^G)"}
-KIND_CLASSES: dict[str, type[nn.Module]] = {"G": Generator, "D": Discriminator, "E": Encoder,
+KIND_CLASSES: dict[str, Callable[[Config], nn.Module]] = {"G": Generator, "D": Discriminator, "E": Encoder,
                                            "SubE": SubEncoder}
 STATE_KEYS = ("model", "state_dict")  # where a published file keeps the weights
 MAX_LISTED = 3  # names listed in an error message before "and N more"
@@ -58,11 +60,11 @@ def _first_layer(size: int) -> int:
     return 1 + int(math.log2(LARGEST_SIZE // size))
 
 
-def _pairs(prefix_official: str, prefix_kit: str, numbers: range, kit_start: int = 0,
-           norm: str | None = None, conv: str = "conv") -> list[tuple[str, str]]:
+def _pairs(prefix_official: str, prefix_kit: str, numbers: range, norm: str | None = None,
+           conv: str = "conv") -> list[tuple[str, str]]:
     """``conv{k}`` (and ``{norm}{k}``) -> ``{prefix_kit}{j}.conv``/``.norm``, j counting up."""
     pairs = []
-    for j, k in enumerate(numbers, start=kit_start):
+    for j, k in enumerate(numbers):
         if norm is None:  # a plain list of layers, e.g. high_res.convs.j
             pairs.append((f"{prefix_official}{conv}{k}", f"{prefix_kit}{j}"))
         else:  # ConvBlock j holds .conv and .norm
@@ -350,8 +352,10 @@ def load_official(size: int, generator: PathLike | None, encoder: PathLike | Non
         raise ValueError("no file given: pass at least the generator file (G_iter<N>.pth)")
     cfg = _config(size, latent_dim, num_classes)
     nets = {k: load_network(f, k, cfg) for k, f in files.items() if f is not None}
-    return OfficialModels(config=cfg, generator=nets.get("G"), encoder=nets.get("E"),
-                          sub_encoder=nets.get("SubE"), discriminator=nets.get("D"))
+    return OfficialModels(config=cfg, generator=cast(Generator | None, nets.get("G")),
+                          encoder=cast(Encoder | None, nets.get("E")),
+                          sub_encoder=cast(SubEncoder | None, nets.get("SubE")),
+                          discriminator=cast(Discriminator | None, nets.get("D")))
 
 
 def _check_kind_size(kind: str, size: int) -> None:

@@ -37,6 +37,7 @@ FIGURE_DPI = 110  # PNG copies of notebook figures: sharp enough to read, small 
 SCALES = ("smoke", "cpu", "gpu")
 SLABS_PER_VOLUME = 8  # a slab is S/8 deep (config.SLAB_FRACTION), so 8 slabs tile the volume
 MIB = 2**20
+PAPER_LATENT_DIM = 1024  # length of z in the published networks
 
 
 @dataclass
@@ -152,8 +153,12 @@ def show(fig, path: PathLike):
     """Save ``fig`` as a PNG (for reports and reviews), close it, and return it for display.
 
     In a notebook, end a cell with ``teaching.show(viz.plot_...(...), figures / "name.png")``:
-    the figure appears once, and a copy lands in the work dir's ``figures/`` folder.
+    the figure appears once (closing it stops the inline backend from drawing it a second
+    time), and a copy lands in the work dir's ``figures/`` folder. Anything that is not a
+    figure (e.g. an ipywidgets viewer) is returned unchanged.
     """
+    if not hasattr(fig, "savefig"):
+        return fig
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=FIGURE_DPI)
@@ -233,10 +238,11 @@ def trace_shapes(cfg, batch: int = 1, slab_start: int = 0) -> list[tuple[str, tu
     """(stage, shape) of every tensor of one training pass and one inference pass of ``cfg``."""
     from .models import build_models
 
-    nets = build_models(cfg)
+    with torch.device("meta"):  # shapes only: no memory, no compute, any size (even 256^3)
+        nets = build_models(cfg)
     G, D = nets["G"].eval(), nets["D"].eval()
     with torch.no_grad():
-        z = torch.zeros(batch, cfg.latent_dim)
+        z = torch.zeros(batch, cfg.latent_dim, device="meta")
         features = G.features(z)
         slab, low = G(z, slab_start)
         logit, _ = D(slab, low, slab_start)
@@ -267,6 +273,47 @@ def slab_coverage(starts: np.ndarray, size: int, depth: int) -> np.ndarray:
     for c in starts:
         cover[int(c):int(c) + depth] += 1
     return cover
+
+
+def parameter_table(presets: tuple[str, ...] = ("tiny32", "small64", "paper128", "paper256")
+                    ) -> list[tuple[str, int, dict[str, float]]]:
+    """(preset, size, {network: millions of parameters}) for each preset (counted on the meta
+    device, so even the paper's networks cost nothing to count)."""
+    from .models import build_models, count_parameters
+
+    rows = []
+    for name in presets:
+        cfg = preset(name)
+        with torch.device("meta"):
+            nets = build_models(cfg)
+        rows.append((name, cfg.size, {k: count_parameters(v) / 1e6 for k, v in nets.items()}))
+    return rows
+
+
+def slab_cost(size: int, feature_depth: int, width: float = 0.125, batch: int = 1,
+              device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Activation memory and time of the high-res head G^H alone on a feature slab.
+
+    A feature slab ``feature_depth`` deep becomes an image slab 4x deeper, so
+    ``feature_depth = S/32`` is HA-GAN's S/8 slab and ``feature_depth = S/4`` the whole volume.
+    Forward and backward of ``G^H`` with an L1 loss; returns ``image_depth``, ``saved_mib``
+    and ``seconds``.
+    """
+    from .config import Config
+    from .models import HighResHead
+
+    cfg = Config(size=size, width=width, latent_dim=8)
+    dev = torch.device(device)
+    head = HighResHead(cfg).to(dev)
+    features = torch.randn(batch, cfg.channels(64), feature_depth, size // 4, size // 4,
+                           device=dev, requires_grad=True)
+    meter = _SavedTensorMeter(list(head.parameters()))
+    t0 = time.perf_counter()
+    with torch.autograd.graph.saved_tensors_hooks(meter.pack, lambda t: t):
+        slab = head(features)  # (B, 1, 4 * feature_depth, S, S)
+    slab.abs().mean().backward()
+    return {"size": size, "image_depth": int(slab.shape[2]), "saved_mib": meter.nbytes / MIB,
+            "seconds": time.perf_counter() - t0}
 
 
 class _SavedTensorMeter:
@@ -310,15 +357,17 @@ def _hierarchical_loss(G: nn.Module, D: nn.Module, z: torch.Tensor, cfg) -> torc
     return F.binary_cross_entropy_with_logits(logit, torch.ones_like(logit))
 
 
-def step_cost(size: int, mode: str, width: float = 0.125, latent_dim: int = 64, batch: int = 1,
-              device: str | torch.device = "cpu", repeats: int = 1) -> dict[str, Any]:
+def step_cost(size: int, mode: str, width: float = 0.125, latent_dim: int | None = None,
+              batch: int = 1, device: str | torch.device = "cpu", repeats: int = 1
+              ) -> dict[str, Any]:
     """Memory and time of one generator update (forward through G and D, backward) at ``size``.
 
     Args:
         size: Cube edge S.
         mode: ``naive`` (G makes the whole S^3 volume, D judges all of it) or ``hierarchical``
             (G makes the (S/4)^3 image and one S/8-deep slab, as HA-GAN trains).
-        width, latent_dim: Network width multiplier and latent length (1.0, 1024: the paper's).
+        width: Network width multiplier (1.0: the paper's networks).
+        latent_dim: Latent length; default ``1024 * width`` (the paper's 1024 at width 1).
         batch: Volumes per step.
         device: Where to run.
         repeats: Timed repetitions (the median is reported; the first call also warms up).
@@ -334,6 +383,7 @@ def step_cost(size: int, mode: str, width: float = 0.125, latent_dim: int = 64, 
     if mode not in ("naive", "hierarchical"):
         raise ValueError(f"mode must be 'naive' or 'hierarchical', not {mode!r}")
     dev = torch.device(device)
+    latent_dim = latent_dim or max(8, int(PAPER_LATENT_DIM * width))
     cfg = Config(size=size, width=width, latent_dim=latent_dim)
     torch.manual_seed(0)
     G, D = Generator(cfg).to(dev), Discriminator(cfg).to(dev)
@@ -374,7 +424,8 @@ def _memory_limit_mib(device: torch.device) -> float:
         return 2048.0  # unknown: assume a small machine (Binder gives 2 GB)
 
 
-def compare_steps(sizes: list[int], width: float = 0.125, latent_dim: int = 64, batch: int = 1,
+def compare_steps(sizes: list[int], width: float = 0.125, latent_dim: int | None = None,
+                  batch: int = 1,
                   device: str | torch.device = "cpu", repeats: int = 1) -> list[dict[str, Any]]:
     """:func:`step_cost` of both modes at growing sizes, printing one line per measurement.
 
@@ -431,3 +482,63 @@ def save_json(obj: Any, path: PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj, indent=2, default=default) + "\n")
     return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Notebook 03, exercise: training without the low-resolution anchor
+# ---------------------------------------------------------------------------------------------
+class NoLowResCritic(nn.Module):
+    """Stands in for D^L and always answers 0: the discriminator then judges slabs only.
+
+    ``D = (D^H + D^L) / 2`` becomes ``D^H / 2``; the low-resolution head G^L gets no gradient
+    from D any more, and nothing ties the slabs of one volume together.
+    """
+
+    def __init__(self, num_classes: int = 0) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+
+    def forward(self, low: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        B = low.shape[0]
+        cls = low.new_zeros(B, self.num_classes) if self.num_classes else None
+        return low.new_zeros(B, 1), cls  # (B, 1), (B, num_classes) or None
+
+
+def train_without_low_res_anchor(cfg, run_dir: PathLike):
+    """Train ``cfg`` from scratch in ``run_dir`` with D^L replaced by :class:`NoLowResCritic`.
+
+    Returns the :class:`hagan.train.Trainer` (its ``G`` is the trained generator). The run's
+    checkpoints lack D^L's weights, so use the returned trainer rather than ``load_models``.
+    """
+    from .train import Trainer
+
+    trainer = Trainer(cfg, run_dir, resume=False)
+    trainer.D.low_res = NoLowResCritic(cfg.num_classes).to(trainer.device)
+    trainer.train()
+    return trainer
+
+
+# ---------------------------------------------------------------------------------------------
+# Notebook 07: running a command (torchrun) from a notebook
+# ---------------------------------------------------------------------------------------------
+def run_command(args: list[str], tail: int = 6, timeout: float = 600) -> str:
+    """Run a command, print it and the last ``tail`` lines of its output; return all output.
+
+    Raises:
+        RuntimeError: the command failed; the message holds the command and its output.
+    """
+    import shlex
+    import subprocess
+
+    print("$ " + " ".join(shlex.quote(str(a)) for a in args))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([str(a) for a in args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+    output = (proc.stdout + proc.stderr).strip()
+    if proc.returncode != 0:
+        raise RuntimeError(f"command failed with exit code {proc.returncode}: "
+                           f"{' '.join(map(str, args))}\n{output}")
+    lines = [ln for ln in output.splitlines() if ln.strip() and "\r" not in ln]
+    for line in lines[-tail:]:
+        print("  " + line)
+    return output

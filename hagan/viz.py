@@ -64,8 +64,10 @@ def orthogonal_slices(volume, index: Sequence[int] | None = None
 
 
 def plot_volumes(volumes: Sequence, names: Sequence[str], title: str = "",
-                 vmin: float = -1.0, vmax: float = 1.0, index: Sequence[int] | None = None):
-    """A grid: one row per volume, columns axial / coronal / sagittal, shared grey scale."""
+                 vmin: float = -1.0, vmax: float = 1.0, index: Sequence[int] | None = None,
+                 cbar_label: str = "intensity (scaled to [-1, 1])"):
+    """A grid: one row per volume, columns axial / coronal / sagittal, shared grey scale
+    [vmin, vmax] whose colorbar is labelled ``cbar_label`` (e.g. "Hounsfield units")."""
     plt = _plt()
     n = len(volumes)
     fig, axes = plt.subplots(n, 3, figsize=(9.5, 3.0 * n + 0.6), squeeze=False,
@@ -81,15 +83,17 @@ def plot_volumes(volumes: Sequence, names: Sequence[str], title: str = "",
             ax.set_ylabel(yl, fontsize=8)
             ax.tick_params(labelsize=6)
     if im is not None:
-        fig.colorbar(im, ax=axes, shrink=0.8, label="intensity (scaled to [-1, 1])")
+        fig.colorbar(im, ax=axes, shrink=0.8, label=cbar_label)
     if title:
         fig.suptitle(title)
     return fig
 
 
-def plot_orthogonal(volume, title: str = "volume", vmin: float = -1.0, vmax: float = 1.0):
+def plot_orthogonal(volume, title: str = "volume", vmin: float = -1.0, vmax: float = 1.0,
+                    cbar_label: str = "intensity (scaled to [-1, 1])"):
     """Axial, coronal and sagittal central slices of one volume."""
-    return plot_volumes([volume], [title], title=title, vmin=vmin, vmax=vmax)
+    return plot_volumes([volume], [title], title=title, vmin=vmin, vmax=vmax,
+                        cbar_label=cbar_label)
 
 
 def plot_real_vs_generated(real: Sequence, fake: Sequence, title: str = "real vs generated"):
@@ -345,5 +349,14 @@ def plot_histograms(arrays: dict, title: str, xlabel: str, window: Sequence[floa
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("voxels (log scale)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper right")  # a fixed place: "best" is slow on histograms
     return fig
+
+
+def plot_embedding(groups: dict, method: str = "pca", title: str | None = None, seed: int = 0):
+    """2-D PCA/MDS map of feature groups with 2-sigma ellipses (see
+    :func:`hagan.analysis.plot_embedding`, which draws it); here so that every figure of the
+    notebooks comes from ``hagan.viz``."""
+    from .analysis import plot_embedding as draw
+
+    return draw(groups, method=method, title=title, seed=seed)

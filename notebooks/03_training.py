@@ -1,0 +1,168 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 03 · Training HA-GAN
+#
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/hagan-kit/hagan-kit/blob/main/notebooks/03_training.ipynb)
+# [![Binder](https://mybinder.org/badge_logo.svg)](https://mybinder.org/v2/gh/hagan-kit/hagan-kit/HEAD?labpath=notebooks%2F03_training.ipynb)
+#
+# **You will learn**
+# * the four updates of one HA-GAN iteration (D, G, E^H, E^G) and their losses;
+# * how to configure and run training with `hagan.train.train`, and what a run folder holds;
+# * how to read GAN loss curves (and what they cannot tell you), with `hagan.viz.plot_losses`
+#   or TensorBoard;
+# * how a run resumes from its last checkpoint.
+
+# %% tags=["parameters"]
+work_dir = ""  # shared work dir; empty means $HAGAN_WORK_DIR, else ~/hagan-work
+smoke = False  # True: tiny settings that run in seconds on a CPU (CI)
+scale = "auto"  # auto (gpu with CUDA, else cpu), smoke, cpu or gpu: the sizes used below
+preset = ""  # model preset; empty means the scale's (small64 GPU, tiny32 CPU)
+n_subjects = 0  # demo cohort size, if this notebook has to make it; 0 means the scale's
+iterations = 0  # training iterations; 0 means the scale's (3000 GPU, 200 CPU, 20 smoke)
+device = "auto"  # auto, cpu or cuda
+seed = 0
+
+# %%
+import subprocess
+import sys
+
+if "google.colab" in sys.modules:  # on Colab: install the kit first (skipped everywhere else)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
+                    "hagan-kit @ git+https://github.com/hagan-kit/hagan-kit"], check=True)
+import hagan
+from hagan import teaching, viz
+from hagan.runtime import print_env
+
+print_env()  # versions, CPU threads and the GPU, if any
+teaching.seed_everything(seed)
+work = teaching.work_dir(work_dir)
+figures = work / "figures"
+s = teaching.settings(smoke, scale, device, seed, preset=preset, n_subjects=n_subjects,
+                      iterations=iterations)
+
+# %% [markdown]
+# ## 1. One iteration, four updates
+#
+# Each iteration draws a slab start $c \sim \mathcal U\{0,\dots,7S/8\}$ and a batch of real
+# volumes $x$, with $x_L$ = $x$ at ¼ resolution and $x_H$ = the real slab at $c$. With $\sigma$ the
+# logistic function and $D$ the joint discriminator of notebook `02`:
+#
+# 1. **D step** — tell real from fake:
+#    $\mathcal L_D = -\log\sigma(D(x_L, x_H, c)) - \log(1 - \sigma(D(G^L(f), G^H(f_c), c)))$, $f = G^A(z)$.
+# 2. **G step** — fool D with a fresh $z$: $\mathcal L_G = -\log\sigma(D(G^L(f), G^H(f_c), c))$.
+# 3. **E^H step** — learn to invert the high-res head through the frozen $G^H$:
+#    $\mathcal L_{E} = \lVert G^H(E^H(x_H)) - x_H\rVert_1$.
+# 4. **E^G step** — learn to invert the trunk: $\hat z = E^G(E^H(x))$, then
+#    $\mathcal L_{E^G} = \tfrac12\left(\lVert \hat x_H - x_H\rVert_1 + \lVert \hat x_L - x_L\rVert_1\right)$
+#    with $(\hat x_H, \hat x_L) = G(\hat z, c)$.
+#
+# Adam with $\beta = (0, 0.999)$ and learning rates G 1e-4, D 4e-4 (the two time-scale update
+# rule), E^H and E^G 1e-4 — the paper's values, all fields of `hagan.Config`. The encoders do not
+# change the GAN; they make reconstruction and feature extraction possible (notebooks `04`, `06`).
+
+# %% [markdown]
+# ## 2. Configure the run
+#
+# A preset fixes the network size; any field can be overridden, exactly as `hagan train --set
+# key=value` does on the command line. The data are the demo cohort of notebook `00`.
+
+# %%
+from hagan.train import read_metrics, train
+
+data = teaching.ensure_demo(work, s)
+cfg = hagan.preset(s.preset, data=str(data), iterations=s.iterations, seed=seed,
+                   device=s.device.type)
+run = teaching.run_path(work, s.preset)
+print({k: getattr(cfg, k) for k in ("size", "width", "latent_dim", "batch_size", "iterations",
+                                    "lr_g", "lr_d", "lr_e", "beta1", "precision")})
+
+# %% [markdown]
+# ## 3. Train
+#
+# `train` shows a progress bar with the running losses, writes `metrics.jsonl` every
+# `log_every` iterations and a checkpoint every `checkpoint_every` iterations (and at the end).
+# If `run` already holds a checkpoint — e.g. you ran this cell before — it **resumes** from it
+# instead of starting again, and returns at once when the run is already complete.
+
+# %%
+result = train(cfg, run)
+print(f"iteration {result.step}; checkpoint {result.checkpoint.name}")
+print("last losses: " + ", ".join(f"{k} {v:.3f}" for k, v in result.losses.items()))
+
+# %% [markdown]
+# The run folder is everything needed to continue, sample or evaluate later:
+
+# %%
+for path in sorted(run.rglob("*")):
+    if path.is_file() and "tb" not in path.parts:
+        print(f"{path.relative_to(run)}  ({path.stat().st_size / 1e6:.2f} MB)")
+
+# %% [markdown]
+# ## 4. Loss curves
+#
+# GAN losses do not go to zero: D and G play against each other, so a healthy run shows both
+# staying in a band (with BCE, $\mathcal L_D \approx 2\log 2 \approx 1.39$ and
+# $\mathcal L_G \approx \log 2 \approx 0.69$ at the equilibrium where D cannot tell). A
+# $\mathcal L_D$ that collapses to 0 while $\mathcal L_G$ climbs means D has won and G gets no useful
+# gradient. The encoder losses are plain L1 reconstruction errors and should fall.
+
+# %%
+records = read_metrics(run)
+fig = viz.plot_losses(run, title=f"{s.preset}: losses over {records[-1]['step']} iterations",
+                      smooth=1 if len(records) < 10 else 3)
+teaching.show(fig, figures / "03_losses.png")
+
+# %% [markdown]
+# For a live view while training, TensorBoard reads the `tb/` folder of the run (scalars and
+# slice previews). In Jupyter or Colab:
+#
+# ```
+# %load_ext tensorboard
+# %tensorboard --logdir ~/hagan-work/run_small64/tb
+# ```
+#
+# ## 5. What the generator makes now
+#
+# Real volumes against full-resolution samples of the current generator (notebook `04` goes
+# further). After a few dozen iterations expect blobs; the anatomy needs thousands.
+
+# %%
+from hagan.checkpoint import load_models
+from hagan.data import PreparedDataset
+from hagan.generate import sample
+
+_, nets = load_models(run, device=s.device)
+fake = sample(nets["G"], 2, seed=seed)
+real = [PreparedDataset(data, size=cfg.size)[i] for i in range(2)]
+fig = viz.plot_real_vs_generated(real, list(fake),
+                                 title=f"real vs generated after {result.step} iterations")
+teaching.show(fig, figures / "03_real_vs_generated.png")
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. **Break the low-resolution anchor.** Train a run in which D^L is switched off
+#    (`teaching.train_without_low_res_anchor(cfg, run_dir)`), so D only ever sees slabs. Compare
+#    the low-resolution image G^L produces, and the full volumes, with this notebook's model.
+#    What does the anchor do?
+# 2. **Resume.** Continue this run for 10 more iterations (`cfg.replace(iterations=...)`) and
+#    check in `metrics.jsonl` that the steps continue where they stopped.
+# 3. **Two time scales.** Train with `lr_d = lr_g = 1e-4` instead of D's 4e-4 and compare the loss
+#    curves. Which network wins early on?
+#
+# Solutions: `solutions/03_training_solutions.ipynb`.
+
+# %% [markdown]
+# ## Next
+#
+# `04_inference` samples from this model, conditions it on a label, reconstructs real volumes
+# through the encoders, interpolates in latent space and exports NIfTI files.

@@ -1,0 +1,111 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Solutions · 00 Setup and a tour of the demo data
+#
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/hagan-kit/hagan-kit/blob/main/notebooks/solutions/00_setup_and_data_tour_solutions.ipynb)
+# [![Binder](https://mybinder.org/badge_logo.svg)](https://mybinder.org/v2/gh/hagan-kit/hagan-kit/HEAD?labpath=notebooks%2Fsolutions%2F00_setup_and_data_tour_solutions.ipynb)
+#
+# Worked answers to the exercises of notebook `00`. Try them yourself first.
+#
+# **You will learn** how the voxel size follows from the cube size, how much the demo subjects
+# vary, and where the synthetic lesion of the conditional cohort sits.
+
+# %% tags=["parameters"]
+work_dir = ""  # shared work dir; empty means $HAGAN_WORK_DIR, else ~/hagan-work
+smoke = False  # True: tiny settings that run in seconds on a CPU (CI)
+scale = "auto"  # auto (gpu with CUDA, else cpu), smoke, cpu or gpu: the sizes used below
+preset = ""  # model preset (fixes the cube size); empty: small64 on GPU, tiny32 on CPU
+n_subjects = 0  # volumes in the demo cohort; 0 means the scale default
+device = "auto"  # auto, cpu or cuda
+seed = 0
+
+# %%
+import subprocess
+import sys
+
+if "google.colab" in sys.modules:  # on Colab: install the kit first (skipped everywhere else)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
+                    "hagan-kit @ git+https://github.com/hagan-kit/hagan-kit"], check=True)
+from hagan import teaching, viz
+from hagan.runtime import print_env
+
+print_env()  # versions, CPU threads and the GPU, if any
+teaching.seed_everything(seed)
+work = teaching.work_dir(work_dir)
+figures = work / "figures"
+s = teaching.settings(smoke, scale, device, seed, preset=preset, n_subjects=n_subjects)
+
+# %% [markdown]
+# ## Exercise 1: voxel size
+#
+# Every cohort is cut from the same cube of anatomy (the brain plus a margin), so the field of
+# view in millimetres is fixed: spacing × size is constant. Doubling the size halves the spacing.
+# We build 2 subjects at the other size (64³ next to a 32³ cohort, 32³ otherwise) and check.
+
+# %%
+from hagan.data import read_info
+from hagan.demo import make_demo_dataset
+
+data = teaching.ensure_demo(work, s)
+other = 64 if s.size == 32 else 32
+extra = make_demo_dataset(work / f"exercise_demo{other}", n=2, size=other, seed=seed,
+                          progress=False, workers=1)
+for root in (data, extra):
+    info = read_info(root)
+    print(f"{info['size']:>3}^3: {info['spacing_mm'][0]:.3f} mm per voxel, field of view "
+          f"{info['size'] * info['spacing_mm'][0]:.1f} mm")
+
+# %% [markdown]
+# ## Exercise 2: how much is brain?
+#
+# The fraction of voxels above -0.95 varies by several percent between subjects: the random
+# affine transform scales each axis by up to ±6 % (so the volume by up to about ±18 %), and the
+# elastic deformation adds local changes.
+
+# %%
+import numpy as np
+
+from hagan.data import PreparedDataset
+
+dataset = PreparedDataset(data, size=s.size)
+fractions = np.array([float((dataset[i] > -0.95).float().mean()) for i in range(len(dataset))])
+print("brain fraction per subject:", np.round(fractions, 3))
+print(f"mean {fractions.mean():.3f}, std {fractions.std():.3f}, "
+      f"range {fractions.min():.3f} .. {fractions.max():.3f}")
+
+# %% [markdown]
+# ## Exercise 3: a lesion class
+#
+# The lesion is a smooth ellipsoid as bright as the brightest tissue of the template, placed deep
+# in white matter. Central slices can miss it, so we cut through the brightest spot of the
+# smoothed lesion subject, and show a healthy subject at the same place.
+
+# %%
+from scipy.ndimage import uniform_filter
+
+lesion_data = teaching.ensure_demo(work, s, lesion_fraction=0.5, made_by="notebook 04")
+cohort = PreparedDataset(lesion_data, size=s.size, num_classes=2)
+labels = [cohort[i][1] for i in range(len(cohort))]
+sick, healthy = cohort[labels.index(1)][0], cohort[labels.index(0)][0]
+centre = np.unravel_index(np.argmax(uniform_filter(sick[0].numpy(), 3)), sick.shape[1:])
+print(f"labels: {labels}; brightest spot of subject {labels.index(1)} at (z, y, x) {centre}")
+
+# %%
+fig = viz.plot_volumes([sick, healthy], [f"label 1 (subject {labels.index(1)})",
+                                         f"label 0 (subject {labels.index(0)})"],
+                       index=centre, title="a lesion subject and a healthy one, cut through the lesion")
+teaching.show(fig, figures / "sol00_lesion.png")
+
+# %% [markdown]
+# ## Next
+#
+# Back to `01_preprocessing_with_torchio`.

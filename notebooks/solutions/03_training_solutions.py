@@ -1,0 +1,138 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Solutions · 03 Training HA-GAN
+#
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/hagan-kit/hagan-kit/blob/main/notebooks/solutions/03_training_solutions.ipynb)
+# [![Binder](https://mybinder.org/badge_logo.svg)](https://mybinder.org/v2/gh/hagan-kit/hagan-kit/HEAD?labpath=notebooks%2Fsolutions%2F03_training_solutions.ipynb)
+#
+# Worked answers to the exercises of notebook `03`. Try them yourself first. Each exercise
+# trains a short run of its own (half the iterations of notebook `03`).
+#
+# **You will learn** what the low-resolution anchor does, how resuming continues a run exactly,
+# and how the learning-rate balance between D and G shows in the losses.
+
+# %% tags=["parameters"]
+work_dir = ""  # shared work dir; empty means $HAGAN_WORK_DIR, else ~/hagan-work
+smoke = False  # True: tiny settings that run in seconds on a CPU (CI)
+scale = "auto"  # auto (gpu with CUDA, else cpu), smoke, cpu or gpu: the sizes used below
+preset = ""  # model preset; empty means the scale default (small64 GPU, tiny32 CPU)
+n_subjects = 0  # demo cohort size, if it has to be made; 0 means the scale default
+iterations = 0  # iterations of notebook 03; 0 means the scale default (exercises use half)
+device = "auto"  # auto, cpu or cuda
+seed = 0
+
+# %%
+import subprocess
+import sys
+
+if "google.colab" in sys.modules:  # on Colab: install the kit first (skipped everywhere else)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
+                    "hagan-kit @ git+https://github.com/hagan-kit/hagan-kit"], check=True)
+import hagan
+from hagan import teaching, viz
+from hagan.runtime import print_env
+
+print_env()  # versions, CPU threads and the GPU, if any
+teaching.seed_everything(seed)
+work = teaching.work_dir(work_dir)
+figures = work / "figures"
+s = teaching.settings(smoke, scale, device, seed, preset=preset, n_subjects=n_subjects,
+                      iterations=iterations)
+data = teaching.ensure_demo(work, s)
+short = max(s.iterations // 2, 10)
+cfg = hagan.preset(s.preset, data=str(data), iterations=short, seed=seed, device=s.device.type,
+                   tensorboard=False, checkpoint_every=short)
+
+# %% [markdown]
+# ## Exercise 1: break the low-resolution anchor
+#
+# Without D^L, nothing judges the whole image: the low-resolution head G^L never receives a
+# gradient (its weights keep their initial values), and the slabs of one volume are judged one
+# at a time, so nothing makes them agree with each other. We train both variants for the same
+# number of iterations and compare what G^L makes, and the full volumes.
+
+# %%
+from hagan.train import train
+
+anchored = work / f"exercise_anchored_{s.preset}"
+train(cfg, anchored)
+trainer = teaching.train_without_low_res_anchor(cfg, work / f"exercise_no_anchor_{s.preset}")
+
+# %%
+import torch
+
+from hagan.checkpoint import load_models
+from hagan.models import Generator
+
+G_anchor, G_free = load_models(anchored, device=s.device)[1]["G"], trainer.G.eval()
+z = torch.randn(1, cfg.latent_dim, generator=torch.Generator().manual_seed(seed)).to(s.device)
+with torch.no_grad():
+    lows = [G(z, 0)[1][0].cpu() for G in (G_anchor, G_free)]  # G^L: (1, S/4, S/4, S/4)
+    fulls = [G.generate(z)[0].cpu() for G in (G_anchor, G_free)]  # (1, S, S, S)
+torch.manual_seed(cfg.seed)  # the trainer builds its networks right after this seed
+initial = Generator(cfg).low_res_head.state_dict()
+unchanged = all(torch.equal(initial[k].to(v.device), v)
+                for k, v in G_free.low_res_head.state_dict().items())
+print(f"G^L weights without the anchor still equal their initial values: {unchanged}")
+
+# %%
+fig = viz.plot_volumes(lows + fulls, ["G^L with anchor", "G^L without anchor",
+                                      "full volume with anchor", "full volume without anchor"],
+                       title=f"the low-resolution anchor after {short} iterations (same z)")
+teaching.show(fig, figures / "sol03_anchor.png")
+
+# %% [markdown]
+# With a longer run (try `scale="cpu"` or a GPU) the difference grows: the anchored model's
+# slabs line up into one brain, the unanchored one stacks slabs that disagree at their borders.
+#
+# ## Exercise 2: resume
+#
+# A run folder remembers everything (weights, optimisers, random states, the step); asking for
+# more iterations continues from the last checkpoint, and the log's steps continue without a gap.
+
+# %%
+from hagan.train import read_metrics
+
+result = train(cfg.replace(iterations=short + 10), anchored)
+steps = [r["step"] for r in read_metrics(anchored)]
+print(f"now at iteration {result.step}; logged steps {steps}")
+
+# %% [markdown]
+# ## Exercise 3: two time scales
+#
+# With `lr_d = 4e-4` D adapts four times faster than G (the "two time-scale update rule" of
+# Heusel et al., 2017), so it can keep up with a moving generator. With equal learning rates D
+# learns more slowly. Compare the D and G curves of the two runs (the first run was extended by
+# 10 iterations in exercise 2), and their mean losses.
+
+# %%
+import numpy as np
+
+equal = work / f"exercise_equal_lr_{s.preset}"
+train(cfg.replace(lr_d=1e-4), equal)
+for name, run in (("lr_d 4e-4 (paper)", anchored), ("lr_d 1e-4 = lr_g", equal)):
+    records = read_metrics(run)
+    print(f"{name:<18}: mean loss_d {np.mean([r['loss_d'] for r in records]):.3f}, "
+          f"mean loss_g {np.mean([r['loss_g'] for r in records]):.3f}")
+
+# %%
+teaching.show(viz.plot_losses(anchored, title="lr_d 4e-4 (the paper's)"),
+              figures / "sol03_losses_paper.png")
+
+# %%
+teaching.show(viz.plot_losses(equal, title="lr_d 1e-4, equal to lr_g"),
+              figures / "sol03_losses_equal.png")
+
+# %% [markdown]
+# ## Next
+#
+# Back to `04_inference`.
