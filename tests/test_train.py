@@ -174,11 +174,12 @@ def test_cli_train_generate_and_sigterm(tmp_path):
            "--set", "progress=False"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             cwd=REPO)
-    deadline = time.time() + 120
-    while time.time() < deadline and not (run / "metrics.jsonl").exists():
+    deadline = time.time() + 600  # the first log line means the signal handlers are installed
+    while time.time() < deadline and not (run / "metrics.jsonl").exists() and proc.poll() is None:
         time.sleep(0.2)
+    assert (run / "metrics.jsonl").exists(), proc.communicate()
     proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=120)
+    out, err = proc.communicate(timeout=600)
     assert proc.returncode == 128 + signal.SIGTERM, (out, err)
     assert "stopped by SIGTERM" in out and "checkpoint saved" in out
     path, state = ckpt.latest_checkpoint(run)
