@@ -22,7 +22,7 @@ def test_sample_shapes_range_and_seed(nets):
     b = sample(nets["G"], 3, batch_size=3, seed=1)
     assert a.shape == (3, 1, 32, 32, 32) and a.dtype == torch.float32
     assert a.min() >= -1 and a.max() <= 1
-    assert torch.allclose(a, b, atol=1e-6)  # batching does not change the result
+    assert torch.allclose(a, b, atol=1e-4)  # batching changes only float rounding
     assert not torch.equal(a, sample(nets["G"], 3, seed=2))
 
 
