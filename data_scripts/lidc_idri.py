@@ -30,7 +30,7 @@ import urllib.parse
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as common  # noqa: E402
+import _common as common
 
 NAME = "lidc_idri"
 API = "https://services.cancerimagingarchive.net/nbia-api/services/v1"

@@ -27,7 +27,7 @@ import nibabel as nib
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as common  # noqa: E402
+import _common as common
 
 NAME = "msd_brain_tumour"
 TASK = "Task01_BrainTumour"

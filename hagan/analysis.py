@@ -56,6 +56,7 @@ RANDOM_CHANNELS = (8, 16, 32, 64)  # random net: four stride-2 stages, features 
 RANDOM_SLOPE = 0.2  # LeakyReLU slope of the random net
 MAX_LISTED = 4  # names listed in an error message
 EXTRACTORS = ("random", "encoder", *(f"medicalnet{d}" for d in MEDICALNET_DEPTHS))
+SHORT_HASH = 12  # hex digits of a SHA-256 shown in tables and titles
 ELLIPSE_STD = 2.0  # ellipses cover +-2 standard deviations along each principal axis
 
 
@@ -347,6 +348,12 @@ class FeatureExtractor:
         name: What the features are, e.g. ``"medicalnet50"`` or ``"random (seed 0)"``.
         weights_hash: SHA-256 of the weights (of the file, for MedicalNet).
         size: Required cube side, or None for any (only the kit's encoders need their own size).
+        feature_dim: F (known after the first call for the encoder).
+
+    Example:
+        >>> extractor = build_extractor("random", seed=0, device="cpu", progress=False)
+        >>> extractor(torch.zeros(2, 1, 32, 32, 32)).shape, extractor.name
+        ((2, 120), 'random (seed 0)')
     """
 
     def __init__(self, net: nn.Module, name: str, weights_hash: str,
@@ -359,11 +366,12 @@ class FeatureExtractor:
         self.net = net.to(self.device).eval()
         self.name, self.weights_hash, self.size = name, weights_hash, size
         self.batch_size, self.progress, self.weights_file = batch_size, progress, weights_file
-        self.feature_dim = int(getattr(net, "out_features", 0)) or None
+        self.feature_dim: int | None = getattr(net, "out_features", None)  # else set on use
 
     @property
     def short_hash(self) -> str:
-        return self.weights_hash[:12]
+        """The first hex digits of ``weights_hash``, as printed in tables."""
+        return self.weights_hash[:SHORT_HASH]
 
     def __repr__(self) -> str:
         return f"FeatureExtractor({self.name!r}, weights sha256 {self.short_hash})"
@@ -394,7 +402,9 @@ class FeatureExtractor:
             out.append(self.net(batch).double().cpu().numpy())
         if not out:
             raise ValueError("no volumes to extract features from")
-        return np.concatenate(out)
+        features = np.concatenate(out)
+        self.feature_dim = features.shape[1]
+        return features
 
 
 def check_extractor(kind: str, weights: PathLike | None) -> None:
@@ -432,7 +442,6 @@ def build_extractor(kind: str = "random", weights: PathLike | None = None,
         if not models or "E" not in models or "SubE" not in models:
             raise ValueError("extractor 'encoder' needs a checkpoint with the encoders E and SubE")
         net = EncoderFeatures(models["E"], models["SubE"])
-        net.out_features = getattr(models["SubE"], "latent_dim", 0)  # type: ignore[assignment]
         return FeatureExtractor(net, "encoder E^G(E^H(x))", hash_state_dict(net), size=size,
                                 **common)
     net, digest = load_medicalnet(weights, int(kind[len("medicalnet"):]))  # type: ignore[arg-type]

@@ -29,6 +29,7 @@ import torch
 
 from .config import ALLOWED_SIZES, MAX_SIZE, MIN_SIZE, PathLike
 from .data import DataError, Record, atomic_save_npy, read_info, write_info, write_manifest
+from .preprocess import single_thread
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ def _nilearn_data_dir() -> Path:
     spec = importlib.util.find_spec("nilearn")
     if spec is None or not spec.submodule_search_locations:
         raise ImportError("the demo cohort needs nilearn: pip install nilearn")
-    return Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
+    return Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data"
 
 
 def load_template() -> tuple[np.ndarray, np.ndarray, tuple[int, int, int]]:
@@ -180,10 +181,10 @@ def demo_volume(cube: TemplateCube, size: int, seed: int, index: int, lesion: bo
     t1 = add_lesion(cube.t1, cube, lesion_rng) if lesion else cube.t1
     image = tio.ScalarImage(tensor=t1[None], affine=np.diag([cube.spacing] * 3 + [1.0]))
     image = tio.RandomAffineElasticDeformation(  # one resampling for both (TorchIO optimisation)
-        affine_kwargs=dict(scales=AFFINE_SCALES, degrees=AFFINE_DEGREES,
-                           translation=AFFINE_TRANSLATION_MM, default_pad_value=0.0),
-        elastic_kwargs=dict(num_control_points=ELASTIC_CONTROL_POINTS,
-                            max_displacement=ELASTIC_MAX_DISPLACEMENT_MM),
+        affine_kwargs={"scales": AFFINE_SCALES, "degrees": AFFINE_DEGREES,
+                           "translation": AFFINE_TRANSLATION_MM, "default_pad_value": 0.0},
+        elastic_kwargs={"num_control_points": ELASTIC_CONTROL_POINTS,
+                            "max_displacement": ELASTIC_MAX_DISPLACEMENT_MM},
     )(image)
     spacing_out = np.diag([cube.side_mm / size] * 3 + [1.0])
     image = tio.ScalarImage(tensor=shrink(image.data, size), affine=spacing_out)
@@ -272,7 +273,6 @@ def _is_built(out: Path, recipe: dict) -> bool:
 def _render(job: tuple[TemplateCube, int, int, int, bool, str]) -> int:
     """Worker: build one subject and write it atomically (runs in a pool process)."""
     cube, size, seed, index, lesion, path = job
-    torch.set_num_threads(1)  # the pool gives the parallelism; avoid oversubscription
     atomic_save_npy(path, demo_volume(cube, size, seed, index, lesion))
     return index
 
@@ -331,7 +331,7 @@ def make_demo_dataset(out: PathLike, n: int = 64, size: int = 32, seed: int = 0,
     else:
         # chunks pickle the shared template cube once per chunk instead of once per subject
         chunk = max(1, n // (4 * workers))
-        with ProcessPoolExecutor(max_workers=min(workers, n)) as pool:
+        with ProcessPoolExecutor(max_workers=min(workers, n), initializer=single_thread) as pool:
             for _ in pool.map(_render, jobs, chunksize=chunk):
                 bar.update()
     bar.close()

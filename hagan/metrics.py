@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 from scipy.spatial.distance import cdist
 
-from .analysis import (EXTRACTORS, FeatureExtractor, build_extractor, check_extractor,
-                       volume_at)
+from .analysis import (EXTRACTORS, SHORT_HASH, FeatureExtractor, build_extractor,
+                       check_extractor, volume_at)
 from .checkpoint import CheckpointError
 from .config import Config, PathLike
 
@@ -56,7 +56,6 @@ MIN_REAL = 4  # two real halves of at least 2 volumes each (a covariance needs 2
 CACHE_DIRNAME = ".hagan_cache"  # default cache folder inside the prepared dataset
 CACHE_VERSION = "hagan-kit real features v1"  # part of the cache key: bump when features change
 REPORT_KIND = "hagan-kit evaluation report"
-SHORT_HASH = 12  # hex digits of a SHA-256 shown in tables
 CLOSEST_LISTED = 3  # generated volumes nearest to a training volume, named in the report
 
 
@@ -221,22 +220,23 @@ def _as_batch(v: torch.Tensor | np.ndarray) -> torch.Tensor:
 
 
 def _blur(x: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
-    """Separable 'valid' Gaussian filter of (B, 1, D, H, W) along D, H and W."""
-    for shape in ((1, 1, -1, 1, 1), (1, 1, 1, -1, 1), (1, 1, 1, 1, -1)):
-        x = F.conv3d(x, window.view(shape))
+    """Separable 'valid' Gaussian filter of every channel of (B, C, D, H, W) along D, H, W."""
+    c = x.shape[1]
+    for shape in ((c, 1, -1, 1, 1), (c, 1, 1, -1, 1), (c, 1, 1, 1, -1)):
+        x = F.conv3d(x, window.expand(c, -1).reshape(shape), groups=c)
     return x
 
 
 def _ssim_cs(a: torch.Tensor, b: torch.Tensor, window: torch.Tensor, c1: float, c2: float
              ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean SSIM and mean contrast-structure term of each pair, both (B,)."""
-    mu_a, mu_b = _blur(a, window), _blur(b, window)
-    var_a = _blur(a * a, window) - mu_a**2
-    var_b = _blur(b * b, window) - mu_b**2
-    cov = _blur(a * b, window) - mu_a * mu_b
+    # the five local moments in one grouped pass: (B, 5, D', H', W')
+    mu_a, mu_b, m_aa, m_bb, m_ab = _blur(torch.cat([a, b, a * a, b * b, a * b], dim=1),
+                                         window).unbind(dim=1)
+    var_a, var_b, cov = m_aa - mu_a**2, m_bb - mu_b**2, m_ab - mu_a * mu_b
     cs = (2 * cov + c2) / (var_a + var_b + c2)
     lum = (2 * mu_a * mu_b + c1) / (mu_a**2 + mu_b**2 + c1)
-    return (lum * cs).mean(dim=(1, 2, 3, 4)), cs.mean(dim=(1, 2, 3, 4))
+    return (lum * cs).mean(dim=(1, 2, 3)), cs.mean(dim=(1, 2, 3))
 
 
 def ms_ssim_3d(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray,

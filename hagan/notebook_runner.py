@@ -66,7 +66,9 @@ def to_html(ipynb: Path) -> Path:
     import nbformat
     from nbconvert import HTMLExporter
 
-    body, _ = HTMLExporter().from_notebook_node(nbformat.read(ipynb, as_version=4))
+    quiet = logging.getLogger(f"{__name__}.nbconvert")  # not "alt text is missing" per figure
+    quiet.setLevel(logging.ERROR)
+    body, _ = HTMLExporter(log=quiet).from_notebook_node(nbformat.read(ipynb, as_version=4))
     html = ipynb.with_suffix(".html")
     html.write_text(body, encoding="utf-8")
     return html

@@ -169,9 +169,10 @@ def read_official_file(path: PathLike) -> dict[str, torch.Tensor]:
         if "Weights only load failed" not in str(exc):
             raise _not_torch(path, exc) from None
         found = re.search(r"GLOBAL (\S+)", str(exc))
-        what = found.group(1) if found else "Python objects"
+        if found is None:  # an unsupported opcode: random bytes rather than a crafted pickle
+            raise _not_torch(path, exc) from None
         raise CheckpointError(
-            f"{path} holds {what}, not only tensors; hagan reads weights with "
+            f"{path} holds {found.group(1)}, not only tensors; hagan reads weights with "
             "torch.load(weights_only=True) and never unpickles other objects (they could run "
             "code). If you trust the file, re-save just {'model': net.state_dict()}"
         ) from None

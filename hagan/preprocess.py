@@ -5,11 +5,11 @@ Per file (the steps of the published ``preprocess.py``, plus orientation and asp
     read NIfTI, NRRD, MHA/MHD, MGZ or a DICOM series     tio.ScalarImage / SimpleITK series reader
     reorient to RAS+                                      tio.ToCanonical
     optional isotropic resampling to ``spacing`` mm       tio.Resample(antialias=True)
-    CT: window [low, high] HU -> [-1, 1]                  tio.Clamp + tio.RescaleIntensity
-    MRI: percentiles (0.5, 99.5) -> [-1, 1]               tio.RescaleIntensity(percentiles=...)
+    CT: window [low, high] HU -> [-1, 1]                  as tio.Clamp + tio.RescaleIntensity
+    MRI: percentiles (0.5, 99.5) -> [-1, 1]               as tio.RescaleIntensity(percentiles)
     trim blank axial slices at both ends                  tio.Crop
-    pad to a cube in millimetres (keeps the aspect)       tio.CropOrPad, background -1
-    resize to size^3 with anti-aliasing                   tio.Resample(antialias=True) + CropOrPad
+    longest side in mm -> S voxels, anti-aliased          tio.Resample(antialias=True)
+    pad the other sides to S (keeps the aspect ratio)     tio.CropOrPad, background -1
     store (z, y, x) float16 in [-1, 1]                    hagan.data.atomic_save_npy
 
 Differences from the published script (reference/official-hagan.md section 4): its input-path bug
@@ -251,6 +251,17 @@ def _first_sentence(exc: BaseException) -> str:
     return lines[0].split(". ")[0].rstrip(".")[:200]
 
 
+def all_finite(data) -> bool:
+    """True when no voxel is NaN or infinite, tested on the sum (no full-size boolean mask).
+
+    A float64 sum of finite float32 values cannot overflow, so a non-finite sum means a
+    non-finite voxel.
+    """
+    import torch
+
+    return bool(torch.isfinite(data.sum(dtype=torch.float64)))
+
+
 def check_volume(data) -> str:
     """Why a loaded (C, W, H, D) tensor is unusable, or '' when it is fine."""
     import torch
@@ -261,73 +272,68 @@ def check_volume(data) -> str:
         return f"not 3D: {data.shape[0]} channels or time points (4D or multi-channel image)"
     if min(data.shape[1:]) == 1:
         return f"not 3D: a 2D image of shape {tuple(int(s) for s in data.shape[1:])}"
-    finite = data[torch.isfinite(data)]
-    if finite.numel() == 0:
+    values = data if all_finite(data) else data[torch.isfinite(data)]
+    if values.numel() == 0:
         return "all values are NaN or infinite"
-    if finite.min() == finite.max():
-        return f"constant image (every voxel is {finite.min().item():g})"
+    low, high = torch.aminmax(values)
+    if low == high:
+        return f"constant image (every voxel is {low.item():g})"
     return ""
 
 
-def resize_cube(image, size: int):
-    """Resample a cubic TorchIO image to ``size``^3 with anti-aliasing.
+def scale_intensity(data, low: float, high: float):
+    """In place: clamp ``data`` to [low, high] and map it linearly to [-1, 1].
 
-    ``tio.Resize`` does not smooth before shrinking (aliasing); ``tio.Resample(antialias=True)``
-    does (Cardoso et al., MICCAI 2015). ``CropOrPad`` fixes the odd off-by-one shape.
+    The same as ``tio.Clamp(low, high)`` then ``tio.RescaleIntensity((-1, 1), in_min_max=(low,
+    high))`` (a test checks it) without their three full-size copies per volume.
     """
-    import torchio as tio
-
-    shape_in = np.asarray(image.spatial_shape, dtype=float)
-    spacing_out = tuple(float(s) for s in shape_in * np.asarray(image.spacing) / size)
-    image = tio.Resample(spacing_out, antialias=True)(image)
-    if tuple(image.spatial_shape) != (size,) * 3:
-        image = tio.CropOrPad((size,) * 3, padding_mode=-1.0)(image)
-    return image
+    return data.clamp_(low, high).sub_(low).mul_(2.0 / (high - low)).sub_(1.0)
 
 
 def prepare_volume(image, params: dict[str, Any]):
-    """The pipeline on a loaded image; returns the (S, S, S) tensor in RAS order, or a reason."""
+    """The pipeline on a checked image. Returns ``(volume, spacing_mm)`` with ``volume`` a
+    (S, S, S) float32 tensor in [-1, 1] in RAS order, or a reason string when it is unusable."""
     import torch
     import torchio as tio
 
     image = tio.ToCanonical()(image)
     data = image.data.float()
-    low_fill = params["window"][0] if params["window"] else float(data[torch.isfinite(data)].min())
-    image.set_data(torch.nan_to_num(data, nan=low_fill, posinf=low_fill, neginf=low_fill))
+    if not all_finite(data):  # NaN -> the bottom of the window, as the published script
+        fill = params["window"][0] if params["window"] else float(data[torch.isfinite(data)].min())
+        data = torch.nan_to_num(data, nan=fill, posinf=fill, neginf=fill)
+    image.set_data(data)
     if params["spacing"]:
         image = tio.Resample(params["spacing"], antialias=True)(image)
     if params["window"]:
         low, high = params["window"]
-        image = tio.Clamp(low, high)(image)
-        image = tio.RescaleIntensity(out_min_max=(-1, 1), in_min_max=(low, high))(image)
     else:
-        cut = np.percentile(image.data.numpy(), params["percentiles"])
-        if cut[0] == cut[1]:
-            return f"no contrast between the {params['percentiles']} percentiles ({cut[0]:g})"
-        image = tio.RescaleIntensity(out_min_max=(-1, 1), percentiles=params["percentiles"])(image)
+        low, high = (float(v) for v in np.percentile(image.data.numpy(), params["percentiles"]))
+        if low == high:
+            return f"no contrast between the {params['percentiles']} percentiles ({low:g})"
+    image.set_data(scale_intensity(image.data.float(), low, high))
     if params["trim"]:
         keep = torch.nonzero((image.data[0] > BLANK).flatten(0, 1).any(0)).flatten()
         if keep.numel() == 0:
-            return "nothing left after trimming blank axial slices (all of it is outside the window)"
+            return "nothing left after trimming blank axial slices (all at the window bottom)"
         depth = image.spatial_shape[2]
         image = tio.Crop((0, 0, 0, 0, int(keep[0]), depth - 1 - int(keep[-1])))(image)
-    extent = max(n * s for n, s in zip(image.spatial_shape, image.spacing))  # mm
-    target = tuple(max(n, round(extent / s)) for n, s in zip(image.spatial_shape, image.spacing))
-    image = tio.CropOrPad(target, padding_mode=-1.0)(image)  # a cube in mm, centred
-    image = resize_cube(image, params["size"])
-    return image.data[0].clamp(-1, 1), float(image.spacing[0])
+    # the longest side in mm becomes S voxels, then the short sides are padded with -1 (this is
+    # cheaper than padding the full-resolution volume to a cube first; TorchIO's Resample keeps
+    # the centre and never extrapolates, and Resize has no anti-aliasing)
+    extent = max(n * s for n, s in zip(image.spatial_shape, image.spacing))
+    size = params["size"]
+    image = tio.Resample(extent / size, antialias=True)(image)
+    image = tio.CropOrPad((size,) * 3, padding_mode=-1.0)(image)
+    return image.data[0].clamp_(-1, 1), extent / size
 
 
 def prepare_one(job: tuple[InputFile, dict[str, Any], str]) -> dict[str, Any]:
     """Worker: read, check, prepare and write one input. Never raises for a bad file."""
-    import torch
-
     item, params, out_path = job
-    torch.set_num_threads(1)  # one process per file: avoid oversubscribing the cores
     result: dict[str, Any] = {"name": item.name, "input": item.relative, "reason": ""}
     try:
         image = read_volume(item)
-    except Exception as exc:  # any reader error means: cannot be read
+    except Exception as exc:  # noqa: BLE001 - any reader error means: cannot be read
         result["reason"] = f"cannot be read: {_first_sentence(exc)}"
         return result
     result["shape"] = "x".join(str(int(n)) for n in image.spatial_shape)
@@ -418,6 +424,15 @@ def _read_state(out: Path) -> dict[str, Any]:
         return {}
 
 
+def single_thread() -> None:
+    """Pool initializer: one thread per worker process, the pool gives the parallelism."""
+    import SimpleITK as sitk
+    import torch
+
+    torch.set_num_threads(1)
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+
+
 def _run_jobs(jobs: list, workers: int, progress: bool):
     """Yield worker results as files finish, in a process pool when ``workers > 1``."""
     from tqdm.auto import tqdm
@@ -429,7 +444,8 @@ def _run_jobs(jobs: list, workers: int, progress: bool):
                 yield prepare_one(job)
                 bar.update()
         else:
-            with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
+            with ProcessPoolExecutor(max_workers=min(workers, len(jobs)),
+                                     initializer=single_thread) as pool:
                 futures = [pool.submit(prepare_one, job) for job in jobs]
                 try:
                     for future in as_completed(futures):

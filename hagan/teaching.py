@@ -153,19 +153,28 @@ def show(fig, path: PathLike):
     """Save ``fig`` as a PNG (for reports and reviews), close it, and return it for display.
 
     In a notebook, end a cell with ``teaching.show(viz.plot_...(...), figures / "name.png")``:
-    the figure appears once (closing it stops the inline backend from drawing it a second
-    time), and a copy lands in the work dir's ``figures/`` folder. Anything that is not a
+    the figure appears once and a copy lands in the work dir's ``figures/`` folder. The PNG is
+    rendered once and the same bytes are shown (an ``IPython.display.Image``), and closing the
+    figure stops the inline backend from drawing it a second time. Anything that is not a
     figure (e.g. an ipywidgets viewer) is returned unchanged.
     """
     if not hasattr(fig, "savefig"):
         return fig
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=FIGURE_DPI)
+    import io
+
     import matplotlib.pyplot as plt
 
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=FIGURE_DPI)
     plt.close(fig)
-    return fig
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(buffer.getvalue())
+    try:
+        from IPython.display import Image
+    except ImportError:  # plain Python: the figure object is still useful
+        return fig
+    return Image(data=buffer.getvalue(), format="png")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,16 +195,20 @@ def _matches(root: Path, n: int, size: int, seed: int, lesion_fraction: float) -
 
 
 def ensure_demo(work: PathLike, s: Settings, lesion_fraction: float = 0.0,
-                made_by: str = "00_setup_and_data_tour") -> Path:
-    """The demo cohort for settings ``s``: reused when present, else built now (and said so)."""
+                made_by: str | None = "00_setup_and_data_tour") -> Path:
+    """The demo cohort for settings ``s``: reused when present, else built now (and said so).
+
+    ``made_by`` names the notebook that normally builds it (None: the calling one does).
+    """
     from .demo import make_demo_dataset
 
     root = demo_path(work, s.size, lesion=lesion_fraction > 0)
     if _matches(root, s.n_subjects, s.size, s.seed, lesion_fraction):
         print(f"demo cohort: using {root} ({s.n_subjects} volumes of {s.size}^3)")
         return root
-    print(f"demo cohort: not found in the work dir ({made_by} makes it); building "
-          f"{s.n_subjects} volumes of {s.size}^3 in {root} now")
+    origin = f" ({made_by} normally makes it)" if made_by else ""
+    print(f"demo cohort: not in the work dir yet{origin}; building {s.n_subjects} volumes of "
+          f"{s.size}^3 in {root} now")
     workers = 1 if s.n_subjects <= 8 else None  # a process pool costs more than it saves here
     return make_demo_dataset(root, n=s.n_subjects, size=s.size, seed=s.seed,
                              lesion_fraction=lesion_fraction, progress=False, workers=workers,
@@ -208,7 +221,7 @@ def run_path(work: PathLike, preset_name: str, conditional: bool = False) -> Pat
 
 
 def ensure_run(work: PathLike, s: Settings, data: PathLike, conditional: bool = False,
-               made_by: str = "03_training") -> Path:
+               made_by: str | None = "03_training") -> Path:
     """A trained run folder: reused when it holds a checkpoint, else trained now (and said so).
 
     The unconditional run trains ``s.iterations`` iterations, the conditional one
@@ -222,8 +235,9 @@ def ensure_run(work: PathLike, s: Settings, data: PathLike, conditional: bool = 
         print(f"model: using the checkpoint in {run}")
         return run
     iterations = s.cond_iterations if conditional else s.iterations
-    print(f"model: no checkpoint in {run} ({made_by} makes it); training {s.preset} for "
-          f"{iterations} iterations now")
+    origin = f" ({made_by} normally makes it)" if made_by else ""
+    print(f"model: no checkpoint in {run} yet{origin}; training {s.preset} for {iterations} "
+          "iterations now")
     cfg = preset(s.preset, data=str(data), iterations=iterations, seed=s.seed,
                  device=s.device.type, num_classes=2 if conditional else 0,
                  checkpoint_every=max(iterations, 1))

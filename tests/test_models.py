@@ -1,0 +1,156 @@
+"""Shapes, batch size 1, the conditional model, config validation and spectral norm."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hagan.config import Config, preset
+from hagan.models import (
+    Discriminator,
+    Encoder,
+    Generator,
+    SNConv3d,
+    SNLinear,
+    SubEncoder,
+    build_models,
+)
+
+CPU_PRESETS = ("tiny32", "small64")  # real forward passes
+PAPER_PRESETS = ("paper128", "paper256")  # forward passes on the meta device (shapes only)
+
+
+def _check_shapes(cfg: Config, nets: dict[str, torch.nn.Module], batch: int,
+                  device: str = "cpu") -> None:
+    S, C = cfg.size, cfg.channels(64)
+    c = cfg.max_slab_start - 1  # an unaligned start near the end, like the published draws
+    z = torch.randn(batch, cfg.latent_dim, device=device)
+    slab, low = nets["G"](z, c)
+    assert slab.shape == (batch, 1, S // 8, S, S)
+    assert low.shape == (batch, 1, S // 4, S // 4, S // 4)
+    features = nets["G"].features(z)
+    assert features.shape == (batch, C, S // 4, S // 4, S // 4)
+    assert nets["G"].decode_slab(features[:, :, :2]).shape == (batch, 1, 8, S, S)
+    logit, cls = nets["D"](slab, low, c)
+    assert logit.shape == (batch, 1) and cls is None
+    assert nets["E"](slab).shape == (batch, C, S // 32, S // 4, S // 4)
+    assert nets["SubE"](features).shape == (batch, cfg.latent_dim)
+
+
+@pytest.mark.parametrize("name", CPU_PRESETS)
+@pytest.mark.parametrize("batch", [1, 2])
+def test_shapes_cpu_presets(name: str, batch: int) -> None:
+    torch.manual_seed(0)
+    cfg = preset(name)
+    nets = build_models(cfg)
+    with torch.no_grad():
+        _check_shapes(cfg, nets, batch)
+        volume = nets["G"].generate(torch.randn(batch, cfg.latent_dim))
+    assert volume.shape == (batch, 1, cfg.size, cfg.size, cfg.size)
+    assert volume.abs().max() <= 1.0  # tanh output
+    full = nets["E"](volume)  # E^H is fully convolutional: the whole volume -> features
+    assert full.shape == (batch, cfg.channels(64), *(3 * (cfg.size // 4,)))
+
+
+@pytest.mark.parametrize("name", PAPER_PRESETS)
+def test_shapes_paper_presets_on_meta(name: str) -> None:
+    cfg = preset(name)
+    with torch.device("meta"):  # shapes propagate without memory or compute
+        nets = build_models(cfg)
+        _check_shapes(cfg, nets, batch=1, device="meta")
+        volume = nets["G"].generate(torch.randn(1, cfg.latent_dim))
+    assert volume.shape == (1, 1, cfg.size, cfg.size, cfg.size)
+
+
+@pytest.mark.parametrize("name", PAPER_PRESETS)
+def test_paper_channels(name: str) -> None:
+    cfg = preset(name)
+    with torch.device("meta"):
+        G, D = Generator(cfg), Discriminator(cfg)
+    assert [b.conv.out_channels for b in G.trunk.blocks] == [512, 512, 256, 128, 64]
+    assert [b.upsample for b in G.trunk.blocks] == [False] + [True] * cfg.num_upsamplings + [
+        False] * (4 - cfg.num_upsamplings)
+    assert G.high_res_head.block.conv.out_channels == 32
+    assert [c.out_channels for c in D.low_res.convs][-2:] == [256, 1]
+    assert D.high_res.fc1.in_features == 129  # 128 features + the slab position
+
+
+def test_conditional_model() -> None:
+    torch.manual_seed(0)
+    cfg = preset("tiny32", num_classes=3)
+    nets = build_models(cfg)
+    z, labels = torch.randn(2, cfg.latent_dim), torch.tensor([0, 2])
+    with torch.no_grad():
+        slab, low = nets["G"](z, 5, labels)
+        logit, cls = nets["D"](slab, low, 5)
+        assert logit.shape == (2, 1) and cls is not None and cls.shape == (2, 3)
+        assert nets["G"].generate(z, labels).shape == (2, 1, 32, 32, 32)
+        with pytest.raises(ValueError, match="conditional model with 3 classes: pass labels"):
+            nets["G"].generate(z)
+        with pytest.raises(ValueError, match=r"class indices in \[0, 2\], got \[0, 3\]"):
+            nets["G"](z, 5, torch.tensor([0, 3]))
+        with pytest.raises(ValueError, match=r"class indices in \[0, 2\]"):
+            nets["G"](z, 5, torch.tensor([-1, 0]))
+        with pytest.raises(ValueError, match="expected 2 labels"):
+            nets["G"](z, 5, torch.tensor([1]))
+
+
+def test_wrong_latent_shape() -> None:
+    G = Generator(preset("tiny32"))
+    with pytest.raises(ValueError, match=r"z must have shape \(B, 64\), got \(2, 32\)"):
+        G.generate(torch.randn(2, 32))
+
+
+@pytest.mark.parametrize("size", [48, 16, 512, 100])
+def test_invalid_size_names_the_allowed_sizes(size: int) -> None:
+    with pytest.raises(ValueError, match=f"size must be one of 32, 64, 128, 256.*not {size}"):
+        Config(size=size)
+
+
+def test_num_classes_one_is_rejected() -> None:
+    with pytest.raises(ValueError, match="num_classes must be 0 .* or at least 2"):
+        preset("tiny32", num_classes=1)
+
+
+@pytest.mark.parametrize("layer", [
+    SNConv3d(8, 16, (2, 4, 4), 2, (0, 1, 1)),
+    SNLinear(40, 24),
+])
+def test_spectral_norm_converges_to_unit_sigma(layer: torch.nn.Module) -> None:
+    torch.manual_seed(0)
+    layer.train()
+    weight = layer.weight.detach().reshape(layer.weight.shape[0], -1)
+    sigma_true = torch.linalg.matrix_norm(weight, ord=2)
+    for _ in range(100):  # one power iteration per training-mode forward
+        layer.normalised_weight()
+    normalised = layer.normalised_weight().detach().reshape(weight.shape)
+    assert torch.linalg.matrix_norm(normalised, ord=2).item() == pytest.approx(1.0, abs=1e-3)
+    assert layer.sv0.item() == pytest.approx(sigma_true.item(), rel=1e-3)
+
+
+def test_spectral_norm_u0_frozen_in_eval_and_updated_in_train() -> None:
+    torch.manual_seed(0)
+    cfg = preset("tiny32")
+    D = Discriminator(cfg)
+    slab, low = torch.rand(1, 1, 4, 32, 32), torch.rand(1, 1, 8, 8, 8)
+    u_before = [m.u0.clone() for m in D.modules() if isinstance(m, (SNConv3d, SNLinear))]
+    D.eval()
+    with torch.no_grad():
+        D(slab, low, 3)
+        D(slab, low, 3)
+    u_eval = [m.u0.clone() for m in D.modules() if isinstance(m, (SNConv3d, SNLinear))]
+    assert all(torch.equal(a, b) for a, b in zip(u_before, u_eval))
+    D.train()
+    D(slab, low, 3)
+    u_train = [m.u0 for m in D.modules() if isinstance(m, (SNConv3d, SNLinear))]
+    assert not any(torch.equal(a, b) for a, b in zip(u_before, u_train))
+
+
+def test_encoders_invert_the_generator_shapes() -> None:
+    cfg = preset("small64")
+    G, E, SubE = Generator(cfg), Encoder(cfg), SubEncoder(cfg)
+    with torch.no_grad():
+        slab = torch.rand(1, 1, cfg.slab_depth, 64, 64)
+        assert G.decode_slab(E(slab)).shape == slab.shape  # E^H then G^H: slab -> slab
+        features = torch.rand(1, cfg.channels(64), 16, 16, 16)
+        assert G.features(SubE(features)).shape == features.shape  # E^G then G^A
