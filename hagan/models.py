@@ -82,8 +82,60 @@ class SNLinear(nn.Linear, SpectralNorm):
         return F.linear(x, self.normalised_weight(), self.bias)
 
 
+# Nearest x2 upsampling followed by a 3-tap convolution, per axis and output phase p in {0, 1}:
+# output 2i+p reads upsampled inputs 2i+p-1 .. 2i+p+1, i.e. original inputs (i-1, i, i) for p = 0
+# and (i, i, i+1) for p = 1. So each phase is a 2-tap convolution of the ORIGINAL input whose taps
+# are sums of the 3 original taps: _PHASE_TAPS[p] @ (w0, w1, w2).
+_PHASE_TAPS = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]],  # p = 0: taps on (i-1, i)
+                            [[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]]])  # p = 1: taps on (i, i+1)
+
+
+def upsample_conv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                    depth_halo: bool = False) -> torch.Tensor:
+    """``conv3d(interpolate(x, scale_factor=2, mode="nearest"), weight, bias, padding=1)``, exactly,
+    with 27/8 = 3.4x fewer multiply-adds and without building the upsampled input.
+
+    The 8 output phases (p, q, r) of the upsampled grid are 2x2x2 convolutions of ``x`` whose taps
+    are sums of the 3x3x3 taps; one conv with 8x the output channels computes all of them, and
+    they are interleaved into the (2D, 2H, 2W) grid. Differentiable (used in training too).
+
+    Args:
+        x: (B, C_in, D, H, W). With ``depth_halo=True``, its first and last depth slices are the
+            neighbours of the wanted block (zeros at the volume boundary) and the result covers
+            only the D - 2 inner slices: (B, C_out, 2(D-2), 2H, 2W). This is how G^H runs slab-wise.
+        weight: (C_out, C_in, 3, 3, 3); bias: (C_out,) or None.
+    """
+    c_out = weight.shape[0]
+    taps = _PHASE_TAPS.to(weight)
+    # (C_out, C_in, 3, 3, 3) -> (C_out, p, q, r, C_in, 2, 2, 2) -> (8 C_out, C_in, 2, 2, 2)
+    w = torch.einsum("pad,qbe,rcf,oidef->opqriabc", taps, taps, taps, weight)
+    w = w.reshape(c_out * 8, weight.shape[1], 2, 2, 2)
+    b = bias.repeat_interleave(8) if bias is not None else None
+    y = F.conv3d(x, w, b, padding=(0 if depth_halo else 1, 1, 1))  # (B, 8 C_out, D'+1, H+1, W+1)
+    B, _, d1, h1, w1 = y.shape
+    d, h, wd = d1 - 1, h1 - 1, w1 - 1
+    y = y.view(B, c_out, 2, 2, 2, d1, h1, w1)
+    out = y.new_empty(B, c_out, d, 2, h, 2, wd, 2)
+    for p in (0, 1):
+        for q in (0, 1):
+            for r in (0, 1):  # phase (p, q, r) of output voxel i reads conv output i + phase
+                out[:, :, :, p, :, q, :, r] = y[:, :, p, q, r, p:p + d, q:q + h, r:r + wd]
+    return out.view(B, c_out, 2 * d, 2 * h, 2 * wd)
+
+
+def _depth_window(x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """Depth slices start-1 .. stop of x (B, C, D, H, W), zeros outside the volume."""
+    lo, hi = max(start - 1, 0), min(stop + 1, x.shape[2])
+    window = x[:, :, lo:hi]
+    return F.pad(window, (0, 0, 0, 0, lo - (start - 1), (stop + 1) - hi))
+
+
 class ConvBlock(nn.Module):
-    """Conv3d -> GroupNorm(8) -> ReLU, optionally preceded by a x2 nearest upsampling."""
+    """Conv3d -> GroupNorm(8) -> ReLU, optionally preceded by a x2 nearest upsampling.
+
+    The upsampling + 3^3 convolution pair runs as one sub-pixel convolution
+    (:func:`upsample_conv3d`): the same function of the same weights, 3.4x cheaper.
+    """
 
     def __init__(self, c_in: int, c_out: int, kernel: int = 3, stride: int = 1, padding: int = 1,
                  upsample: bool = False) -> None:
@@ -93,9 +145,13 @@ class ConvBlock(nn.Module):
         self.norm = nn.GroupNorm(NORM_GROUPS, c_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.upsample:
-            x = F.interpolate(x, scale_factor=2, mode="nearest")
-        return F.relu(self.norm(self.conv(x)))
+        if self.upsample and self.conv.kernel_size == (3, 3, 3):
+            x = upsample_conv3d(x, self.conv.weight, self.conv.bias)
+        else:
+            if self.upsample:
+                x = F.interpolate(x, scale_factor=2, mode="nearest")
+            x = self.conv(x)
+        return F.relu(self.norm(x))
 
 
 def _one_hot(labels: torch.Tensor | None, num_classes: int, batch: int) -> torch.Tensor | None:
@@ -182,8 +238,49 @@ class HighResHead(nn.Module):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         h = self.block(h)  # (B, 32, 2d, S/2, S/2)
-        h = F.interpolate(h, scale_factor=2, mode="nearest")  # (B, 32, 4d, S, S)
-        return torch.tanh(self.out(h))  # (B, 1, 4d, S, S)
+        # x2 nearest upsampling + conv, as one sub-pixel conv: (B, 32, 2d, S/2, S/2) -> (B, 1, 4d, S, S)
+        return torch.tanh(upsample_conv3d(h, self.out.weight, self.out.bias))
+
+    @torch.no_grad()
+    def forward_chunked(self, h: torch.Tensor, chunk: int = 8) -> torch.Tensor:
+        """The same as ``forward`` (inference only), ``chunk`` feature slices at a time.
+
+        Peak memory drops from ~5.7 GiB to well under 1 GiB for a 256^3 volume: the
+        (B, 32, S/2, S/2, S/2) intermediate is kept (it is needed whole for its GroupNorm
+        statistics, which are computed exactly over the full volume), but the upsampled inputs
+        and the (B, 32, S, S, S) tensor before the last conv never exist.
+        """
+        conv, norm = self.block.conv, self.block.norm
+        B, _, D, H, W = h.shape
+        mid = h.new_empty(B, conv.out_channels, 2 * D, 2 * H, 2 * W)  # (B, 32, 2D, 2H, 2W)
+        for a in range(0, D, chunk):  # 1) upsample + conv, slab-wise with a one-slice halo
+            b = min(a + chunk, D)
+            mid[:, :, 2 * a:2 * b] = upsample_conv3d(_depth_window(h, a, b), conv.weight,
+                                                     conv.bias, depth_halo=True)
+        # 2) GroupNorm with statistics of the whole volume (float64 sums), then ReLU, in place
+        groups = mid.view(B, norm.num_groups, -1)
+        mean = groups.mean(dim=2, dtype=torch.float64)  # (B, G)
+        var = torch.zeros_like(mean)
+        for a in range(0, 2 * D, 2 * chunk):
+            piece = mid[:, :, a:a + 2 * chunk].reshape(B, norm.num_groups, -1).double()
+            var += ((piece - mean[:, :, None]) ** 2).sum(dim=2)
+        var /= groups.shape[2]
+        per_channel = conv.out_channels // norm.num_groups
+        scale = (var + norm.eps).rsqrt().repeat_interleave(per_channel, dim=1)  # (B, C)
+        shift = -mean.repeat_interleave(per_channel, dim=1) * scale
+        scale = (scale * norm.weight.double()).to(mid.dtype)[:, :, None, None, None]
+        shift = (shift * norm.weight.double() + norm.bias.double()).to(mid.dtype)[:, :, None, None,
+                                                                                   None]
+        for a in range(0, 2 * D, 2 * chunk):
+            piece = mid[:, :, a:a + 2 * chunk]
+            piece.mul_(scale).add_(shift).clamp_(min=0)
+        # 3) upsample + last conv + tanh, slab-wise
+        out = h.new_empty(B, 1, 4 * D, 4 * H, 4 * W)
+        for a in range(0, 2 * D, 2 * chunk):
+            b = min(a + 2 * chunk, 2 * D)
+            out[:, :, 2 * a:2 * b] = torch.tanh(upsample_conv3d(
+                _depth_window(mid, a, b), self.out.weight, self.out.bias, depth_halo=True))
+        return out
 
 
 class Generator(nn.Module):
@@ -228,9 +325,20 @@ class Generator(nn.Module):
         """G^H alone: features (B, 64, d, S/4, S/4) -> image (B, 1, 4d, S, S)."""
         return self.high_res_head(features)
 
-    def generate(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """Full-resolution volume (B, 1, S, S, S) in [-1, 1], in one pass like the paper."""
-        return self.high_res_head(self.features(z, labels))
+    def generate(self, z: torch.Tensor, labels: torch.Tensor | None = None,
+                 chunk: int | None = None) -> torch.Tensor:
+        """Full-resolution volume (B, 1, S, S, S) in [-1, 1].
+
+        ``chunk=None`` runs G^H on the whole feature volume in one pass, like the paper;
+        ``chunk=k`` (inference only) runs it k feature slices at a time with exact GroupNorm
+        statistics: the same volume with far less memory (see ``HighResHead.forward_chunked``).
+        """
+        h = self.features(z, labels)  # (B, 64, S/4, S/4, S/4)
+        if chunk is None:
+            return self.high_res_head(h)
+        if chunk < 1:
+            raise ValueError(f"chunk must be a positive number of feature slices, got {chunk}")
+        return self.high_res_head.forward_chunked(h, chunk)
 
 
 # ---------------------------------------------------------------------------------------------
