@@ -6,7 +6,7 @@
 imported, from that path, never copied). Each case runs in its own process so that its peak RSS
 is its own:
 
-* ``kit``          ``Generator.generate(z, chunk=8)``: sub-pixel convs, G^H slab-wise
+* ``kit``          ``Generator.generate(z, chunk=16)``: sub-pixel convs, G^H slab-wise
 * ``kit-onepass``  ``Generator.generate(z)``: sub-pixel convs, G^H in one pass
 * ``official``     the published ``Generator(mode="eval")(z)``
 * ``check``        published random weights -> ``hagan.official.load_official`` -> the kit:
@@ -51,7 +51,7 @@ def run_case(case: str, size: int, official: str | None, iters: int) -> dict:
             kit = load_official(size, path).generator.eval()
         with torch.inference_mode():
             ref = pub(z)
-            onepass, chunked = kit.generate(z), kit.generate(z, chunk=8)
+            onepass, chunked = kit.generate(z), kit.generate(z, chunk=16)
         return {"case": case, "size": size,
                 "max_abs_diff_onepass": float((ref - onepass).abs().max()),
                 "max_abs_diff_chunked": float((ref - chunked).abs().max()),
@@ -61,7 +61,7 @@ def run_case(case: str, size: int, official: str | None, iters: int) -> dict:
         run = lambda: G(z)  # noqa: E731
     else:
         G = Generator(preset(f"paper{size}")).eval()
-        chunk = 8 if case == "kit" else None
+        chunk = 16 if case == "kit" else None
         run = lambda: G.generate(z, chunk=chunk)  # noqa: E731
     times = []
     with torch.inference_mode():

@@ -1,14 +1,23 @@
 #!/usr/bin/env bash
-# Every GPU benchmark of benchmarks/RESULTS.md in one call (run from the repository root on a
-# CUDA machine with the kit installed): paper256 batch 4 training in fp32 / bf16 /
-# bf16 + channels-last / bf16 + channels-last + torch.compile, paper256 batch 2 memory, and
-# full-volume generation. Prints one JSON line per configuration.
-set -euo pipefail
-run() { python benchmarks/train_step.py --device cuda --iters 5 --warmup 2 "$@"; }
-run --preset paper256 --batch 4 --precision fp32
-run --preset paper256 --batch 4 --precision bf16
-run --preset paper256 --batch 4 --precision bf16 --channels-last
-run --preset paper256 --batch 4 --precision bf16 --channels-last --compile
-run --preset paper256 --batch 2 --precision bf16 --channels-last
-python -m hagan bench --mode generate --preset paper256 --device cuda --iters 5
-python -m hagan bench --mode generate --preset paper256 --device cuda --iters 5 --precision bf16
+# Every GPU check of benchmarks/RESULTS.md in one call, from the repository root on a CUDA machine:
+#   OFFICIAL=/path/to/HA-GAN OUT=results/ bash benchmarks/gpu_suite.sh
+# 1. the GPU tests (tests/test_gpu.py), 2. paper256 batch 4 training: the published code against
+# the kit in fp32 / bf16 / bf16 + channels-last / + torch.compile, 3. paper256 batch 2 memory,
+# 4. full-volume generation. JSON lines go to stdout and to $OUT/gpu_suite.jsonl.
+# The kit only needs torch here (PYTHONPATH=.); OFFICIAL is a clone of batmanlab/HA-GAN.
+set -uo pipefail
+OUT=${OUT:-.}
+OFFICIAL=${OFFICIAL:-.official}
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+log() { tee -a "$OUT/gpu_suite.jsonl"; }
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | log
+python3 -c "import torch; print({'torch': torch.__version__, 'cuda': torch.version.cuda})" | log
+python3 -m pytest tests/test_gpu.py -m gpu -q -p no:cacheprovider 2>&1 | tail -15 | log
+cmp() { python3 benchmarks/train_compare.py --device cuda --official "$OFFICIAL" "$@" | log; }
+cmp --size 256 --batch 4 --iters 10 --warmup 3 --cases official kit kit-bf16 kit-bf16-cl
+cmp --size 256 --batch 2 --iters 5 --warmup 2 --cases official kit kit-bf16 kit-bf16-cl
+gen() { python3 -m hagan bench --mode generate --preset paper256 --device cuda --iters 5 "$@" | log; }
+gen --precision fp32 --chunk 0
+gen --precision fp32
+gen --precision bf16
+cmp --size 256 --batch 4 --iters 10 --warmup 3 --cases kit-bf16-cl-compile

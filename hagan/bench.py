@@ -51,6 +51,19 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def time_calls(fn, device: torch.device, iters: int, warmup: int) -> list[float]:
+    """Seconds of each of ``iters`` calls of ``fn`` after ``warmup`` untimed ones (GPU synced)."""
+    times = []
+    for i in range(warmup + iters):
+        _sync(device)
+        t = time.perf_counter()
+        fn()
+        _sync(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - t)
+    return times
+
+
 def bench_train(preset_name: str, batch: int, device: str = "cpu", iters: int = 3,
                 warmup: int = 1, precision: str = "fp32", channels_last: bool = False,
                 compile: bool = False, count_flops: bool = True) -> dict:
@@ -66,14 +79,7 @@ def bench_train(preset_name: str, batch: int, device: str = "cpu", iters: int = 
         x = RandomVolumes(cfg.size, n=batch).data.to(dev).contiguous(memory_format=mf)
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
-        times = []
-        for i in range(warmup + iters):
-            _sync(dev)
-            t = time.perf_counter()
-            tr.step(x)
-            _sync(dev)
-            if i >= warmup:
-                times.append(time.perf_counter() - t)
+        times = time_calls(lambda: tr.step(x), dev, iters, warmup)
         flops = _count(lambda: tr.step(x)) if count_flops else None
     return _result("train", preset_name, batch, dev, precision, times, flops,
                    channels_last=channels_last, compile=compile)
@@ -82,7 +88,7 @@ def bench_train(preset_name: str, batch: int, device: str = "cpu", iters: int = 
 @torch.inference_mode()
 def bench_generate(preset_name: str, device: str = "cpu", iters: int = 3, warmup: int = 1,
                    precision: str = "fp32", count_flops: bool = True,
-                   chunk: int | None = 8) -> dict:
+                   chunk: int | None = 16) -> dict:
     """Median seconds to generate one full volume (batch 1) and peak memory.
 
     ``chunk`` is passed to ``Generator.generate`` (None: one pass, as the published code).
@@ -96,15 +102,12 @@ def bench_generate(preset_name: str, device: str = "cpu", iters: int = 3, warmup
     z = torch.randn(1, cfg.latent_dim, device=dev)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
-    times = []
-    for i in range(warmup + iters):
-        _sync(dev)
-        t = time.perf_counter()
+
+    def run() -> None:
         with autocast_context(dev.type, precision):
             G.generate(z, chunk=chunk)
-        _sync(dev)
-        if i >= warmup:
-            times.append(time.perf_counter() - t)
+
+    times = time_calls(run, dev, iters, warmup)
     flops = _count(lambda: G.generate(z, chunk=chunk)) if count_flops else None
     return _result("generate", preset_name, 1, dev, precision, times, flops, chunk=chunk)
 
@@ -146,7 +149,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--no-flops", action="store_true", help="skip the FLOP count")
-    p.add_argument("--chunk", type=int, default=8,
+    p.add_argument("--chunk", type=int, default=16,
                    help="--mode generate: G^H feature slices at a time (0: one pass)")
 
 

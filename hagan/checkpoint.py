@@ -121,6 +121,21 @@ def latest_checkpoint(run_dir: PathLike) -> tuple[Path, dict[str, Any]] | None:
     return None
 
 
+def remove_stale_temp_files(run_dir: PathLike) -> int:
+    """Delete temporary files left by a checkpoint write that was killed (SIGKILL, power loss).
+
+    Only call this when no other process writes to ``run_dir``. Returns how many were removed.
+    """
+    folder = Path(run_dir) / CHECKPOINT_DIR
+    stale = list(folder.glob(".ckpt_*.pt.*.tmp")) if folder.is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    if stale:
+        logger.info("removed %d unfinished checkpoint file(s) left by an interrupted write",
+                    len(stale))
+    return len(stale)
+
+
 def prune_checkpoints(run_dir: PathLike, keep: int) -> None:
     """Delete all but the ``keep`` newest checkpoints."""
     for path in list_checkpoints(run_dir)[:-keep]:

@@ -37,10 +37,17 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
             PermissionError, DataError, CheckpointError, KeyError)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (exit code 2), like every other error."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The ``hagan`` parser. Only ``command``'s module is imported (imports of torchio, nilearn
     or scikit-learn take seconds), so ``hagan train`` does not pay for ``hagan evaluate``."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="hagan",
         description="HA-GAN for 3D medical images: data, training, generation, evaluation.",
     )

@@ -38,7 +38,7 @@ def _labels_tensor(labels: int | Sequence[int] | torch.Tensor | None, n: int
 def sample(G: nn.Module, n: int, batch_size: int = 2, labels=None, seed: int | None = 0,
            device: str | torch.device | None = None, precision: str = "fp32",
            progress: bool = False, z: torch.Tensor | None = None,
-           chunk: int | None = 8) -> torch.Tensor:
+           chunk: int | None = 16) -> torch.Tensor:
     """Draw ``n`` full-resolution volumes.
 
     Args:
@@ -94,7 +94,7 @@ def reconstruct(G: nn.Module, E: nn.Module, SubE: nn.Module, x: torch.Tensor,
                 labels=None) -> torch.Tensor:
     """Reconstruct real volumes through the encoders: x -> z -> G(z), both (B, 1, S, S, S)."""
     z = encode(E, SubE, x)
-    return G.generate(z, labels=_labels_tensor(labels, z.shape[0]), chunk=8).float().cpu()
+    return G.generate(z, labels=_labels_tensor(labels, z.shape[0]), chunk=16).float().cpu()
 
 
 def slerp(z0: torch.Tensor, z1: torch.Tensor, t: float) -> torch.Tensor:
@@ -183,6 +183,11 @@ def main(args: argparse.Namespace) -> int:
                          f"0..{cfg.num_classes - 1}")
     if not cfg.num_classes and args.label is not None:
         raise ValueError("--label given but this model is unconditional")
+    if cfg.num_classes and not 0 <= args.label < cfg.num_classes:
+        raise ValueError(f"--label {args.label} is out of range: this model has "
+                         f"{cfg.num_classes} classes, pass --label 0..{cfg.num_classes - 1}")
+    if args.n < 1 or args.batch_size < 1:
+        raise ValueError(f"--n and --batch-size must be >= 1, not {args.n} and {args.batch_size}")
     out = Path(args.out)
     names = [out / f"sample_{i:04d}.nii.gz" for i in range(args.n)]
     existing = [p for p in names if p.exists()]

@@ -24,6 +24,7 @@ import logging
 import math
 import random
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -166,6 +167,7 @@ class Trainer:
         c = self.draw_slab_start()
         x_slab = x[:, :, c:c + cfg.slab_depth]  # (B, 1, S/8, S, S)
         ones, zeros = x.new_ones(B, 1), x.new_zeros(B, 1)
+        c_d = torch.tensor(float(c), device=self.device)  # a tensor: torch.compile won't specialise
 
         # 1. D step: real and fake go through D in one batch (D has no batch statistics).
         set_requires_grad(self.D, True)
@@ -175,7 +177,7 @@ class Trainer:
             with torch.no_grad():
                 fake_slab, fake_low = nets["G"](z, c, y)  # (B, 1, S/8, S, S), (B, 1, S/4, ...)
             logits, cls = train["D"](torch.cat([x_slab, fake_slab]), torch.cat([x_low, fake_low]),
-                                     c)  # (2B, 1), (2B, nc) or None
+                                     c_d)  # (2B, 1), (2B, nc) or None
         loss_d_real = F.binary_cross_entropy_with_logits(logits[:B].float(), ones)
         loss_d_fake = F.binary_cross_entropy_with_logits(logits[B:].float(), zeros)
         loss_d = loss_d_real + loss_d_fake
@@ -189,7 +191,7 @@ class Trainer:
         z = self.draw_z(B)
         with ctx:
             fake_slab, fake_low = train["G"](z, c, y)
-            logit, cls = nets["D"](fake_slab, fake_low, c)
+            logit, cls = nets["D"](fake_slab, fake_low, c_d)
         loss_g = F.binary_cross_entropy_with_logits(logit.float(), ones)
         if cls is not None:
             loss_g = loss_g + cfg.lambda_class * F.cross_entropy(cls.float(), y)
@@ -256,6 +258,7 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_json(cfg, self.run_dir / "config.json")
             _truncate_log(self.run_dir / "metrics.jsonl", self.step_num)
+            ckpt.remove_stale_temp_files(self.run_dir)
         writer = self._tensorboard()
         previous = self._install_signal_handlers()
         from tqdm.auto import tqdm
@@ -513,7 +516,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"hagan train: {exc}")
         return 128 + int(exc.signum)
     except NonFiniteLossError as exc:
-        print(f"hagan train: error: {exc}")
+        print(f"hagan train: error: {exc}", file=sys.stderr)
         return 3
     print(f"trained to iteration {result.step}; checkpoint: {result.checkpoint}")
     print("losses: " + ", ".join(f"{k} {v:.4f}" for k, v in result.losses.items()))

@@ -149,7 +149,7 @@ teaching.show(fig, figures / "02_coverage.png")
 repeats = 1 if s.scale == "smoke" else 3
 costs = teaching.compare_steps(s.bench_sizes, width=s.bench_width, device=s.device,
                                repeats=repeats)
-teaching.save_json(costs, work / "step_costs.json")
+saved = teaching.save_json(costs, work / "step_costs.json")
 
 # %%
 fig = viz.plot_step_costs(costs, title=f"one generator update on {s.device} (width "

@@ -96,8 +96,8 @@ teaching.show(fig, figures / "04_samples.png")
 # white-matter lesion (label 1) — briefly, so expect a hint of the lesion at best.
 
 # %%
-lesion_data = teaching.ensure_demo(work, s, lesion_fraction=0.5, made_by="this notebook")
-cond_run = teaching.ensure_run(work, s, lesion_data, conditional=True, made_by="this notebook")
+lesion_data = teaching.ensure_demo(work, s, lesion_fraction=0.5, made_by=None)
+cond_run = teaching.ensure_run(work, s, lesion_data, conditional=True, made_by=None)
 _, cond_nets = load_models(cond_run, device=s.device)
 z = torch.randn(2, cfg.latent_dim, generator=torch.Generator().manual_seed(seed))
 healthy = sample(cond_nets["G"], 2, labels=0, z=z)

@@ -165,7 +165,8 @@ teaching.show(viz.plot_metric_report(report), figures / "05_metrics.png")
 # not there yet (expected after a short run); MS-SSIM of generated pairs well above real pairs
 # means too little diversity (mode collapse); a memorisation ratio far below 1 would mean the
 # generator copies training volumes.
-#
+
+# %% [markdown]
 # ## Exercises
 #
 # 1. **FID needs many samples.** Compute the real-vs-real FID between two random halves of the

@@ -176,7 +176,8 @@ path.unlink()  # 210 MB we no longer need
 # hagan import-official --size 256 --generator G_iter80000.pth --encoder E_iter80000.pth \
 #     --sub-encoder Sub_E_iter80000.pth --out gsp256.pt
 # ```
-#
+
+# %% [markdown]
 # ## Exercises
 #
 # 1. **Who gets which volume?** With `torchrun --nproc_per_node=2`, each rank reads a different

@@ -7,16 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-
-def blob_volume(shape: tuple[int, int, int] = (20, 24, 16), seed: int = 0) -> np.ndarray:
-    """A smooth ellipsoid 'head' (values ~100..900) on a zero background, float32 (x, y, z)."""
-    rng = np.random.default_rng(seed)
-    grids = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
-    radius = np.sqrt(sum((g / 0.7) ** 2 for g in grids))
-    volume = np.where(radius < 1, 500 + 400 * (1 - radius), 0.0)
-    volume += np.where(radius < 1, rng.normal(0, 10, shape), 0.0)
-    return volume.astype(np.float32)
+from helpers import blob_volume
 
 
 @pytest.fixture

@@ -14,6 +14,16 @@ from hagan.data import Record, atomic_save_npy, write_info, write_manifest
 REPO = Path(__file__).resolve().parents[1]
 
 
+def blob_volume(shape: tuple[int, int, int] = (20, 24, 16), seed: int = 0) -> np.ndarray:
+    """A smooth ellipsoid 'head' (values ~100..900) on a zero background, float32 (x, y, z)."""
+    rng = np.random.default_rng(seed)
+    grids = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    radius = np.sqrt(sum((g / 0.7) ** 2 for g in grids))
+    volume = np.where(radius < 1, 500 + 400 * (1 - radius), 0.0)
+    volume += np.where(radius < 1, rng.normal(0, 10, shape), 0.0)
+    return volume.astype(np.float32)
+
+
 def make_random_dataset(root: Path, n: int = 4, size: int = 32, seed: int = 0,
                         labels: list[str] | None = None) -> Path:
     """A prepared dataset of smooth random blobs in [-1, 1] (fast, deterministic)."""

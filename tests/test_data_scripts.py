@@ -18,7 +18,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import blob_volume
+from helpers import blob_volume
 
 from hagan.data import PreparedDataset
 from hagan.phantom import ct_phantom, write_dicom_series, write_volume

@@ -171,7 +171,7 @@ def test_cli_train_generate_and_sigterm(tmp_path):
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "hagan", "train", "--data", str(data), "--out", str(run),
            "--set", "iterations=100000", "--set", "checkpoint_every=100000",
-           "--set", "progress=False"]
+           "--set", "progress=False", "--set", "log_every=1", "--set", "image_every=0"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             cwd=REPO)
     deadline = time.time() + 600  # the first log line means the signal handlers are installed
@@ -183,7 +183,7 @@ def test_cli_train_generate_and_sigterm(tmp_path):
     assert proc.returncode == 128 + signal.SIGTERM, (out, err)
     assert "stopped by SIGTERM" in out and "checkpoint saved" in out
     path, state = ckpt.latest_checkpoint(run)
-    assert state["step"] >= 10
+    assert state["step"] >= 1
 
     gen = run_cli("generate", str(run), "--n", "2", "--out", str(tmp_path / "samples"),
                   check=True)

@@ -102,7 +102,7 @@ print(f"labels: {labels}; brightest spot of subject {labels.index(1)} at (z, y, 
 # %%
 fig = viz.plot_volumes([sick, healthy], [f"label 1 (subject {labels.index(1)})",
                                          f"label 0 (subject {labels.index(0)})"],
-                       index=centre, title="a lesion subject and a healthy one, cut through the lesion")
+                       index=centre, title="a lesion subject and a healthy one, through the lesion")
 teaching.show(fig, figures / "sol00_lesion.png")
 
 # %% [markdown]

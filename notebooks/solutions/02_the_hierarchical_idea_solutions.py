@@ -100,7 +100,8 @@ if path.is_file():
 else:
     costs = teaching.compare_steps([32, 64], width=s.bench_width, device=s.device)
 for mode in ("naive", "hierarchical"):
-    r = max((r for r in costs if r["mode"] == mode and r["status"] == "ok"), key=lambda r: r["size"])
+    ok = [r for r in costs if r["mode"] == mode and r["status"] == "ok"]
+    r = max(ok, key=lambda r: r["size"])
     gib = r["saved_mib"] / 1024 * (256 / r["size"]) ** 3 / r["width"] * 4  # width 1, batch 4
     print(f"{mode:<12}: {r['saved_mib']:.1f} MiB at {r['size']}^3, width {r['width']:g}, batch 1 "
           f"-> about {gib:.0f} GiB at 256^3, width 1, batch 4")
@@ -110,7 +111,8 @@ for mode in ("naive", "hierarchical"):
 # weights, gradients and Adam's two moments (80 M parameters × 4 copies × 4 bytes ≈ 1.3 GB), the
 # D step, and the framework's workspace. The estimate is rough: channel counts are rounded to
 # multiples of 8 at small widths, and layers of fixed size (the trunk's 4³ start) do not grow.
-#
+
+# %% [markdown]
 # ## Next
 #
 # Back to `03_training`.

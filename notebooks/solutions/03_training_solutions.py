@@ -47,10 +47,15 @@ work = teaching.work_dir(work_dir)
 figures = work / "figures"
 s = teaching.settings(smoke, scale, device, seed, preset=preset, n_subjects=n_subjects,
                       iterations=iterations)
+
+# %% [markdown]
+# The exercises share one short configuration: half the iterations of notebook `03`.
+
+# %%
 data = teaching.ensure_demo(work, s)
 short = max(s.iterations // 2, 10)
-cfg = hagan.preset(s.preset, data=str(data), iterations=short, seed=seed, device=s.device.type,
-                   tensorboard=False, checkpoint_every=short)
+cfg = hagan.preset(s.preset, data=str(data), iterations=short, seed=seed,
+                   device=s.device.type, tensorboard=False, checkpoint_every=short)
 
 # %% [markdown]
 # ## Exercise 1: break the low-resolution anchor

@@ -104,7 +104,8 @@ real = build_extractor("encoder", models=nets, size=cfg.size, device=s.device,
                        progress=False)(dataset)
 d1, d2 = principal_directions(real, k=2)
 centred = torch.as_tensor(real - real.mean(axis=0), dtype=torch.float32)
-print(f"std of real latents along d1 {(centred @ d1).std():.3f}, along d2 {(centred @ d2).std():.3f}")
+print(f"std of real latents along d1 {(centred @ d1).std():.3f}, "
+      f"along d2 {(centred @ d2).std():.3f}")
 walk = latent_traversal(nets["G"], d2, steps=4, span=2.0,
                         z=torch.as_tensor(real.mean(axis=0), dtype=torch.float32))
 fig = viz.plot_volumes(list(walk), [f"t = {t:+.1f}" for t in torch.linspace(-2, 2, 4)],

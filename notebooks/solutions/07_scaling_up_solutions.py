@@ -60,7 +60,8 @@ from hagan.data import InfiniteSampler
 
 n, world, batch = 8, 2, 2
 for rank in range(world):
-    stream = list(islice(iter(InfiniteSampler(n, seed=seed, rank=rank, world_size=world)), 3 * batch))
+    sampler = InfiniteSampler(n, seed=seed, rank=rank, world_size=world)
+    stream = list(islice(iter(sampler), 3 * batch))
     print(f"rank {rank}: batches {[stream[i:i + batch] for i in range(0, len(stream), batch)]}")
 print(f"effective batch: {world} processes x {batch} = {world * batch} volumes per step")
 
@@ -77,7 +78,8 @@ from hagan.generate import sample
 
 data = teaching.ensure_demo(work, s)
 _, nets = load_models(teaching.ensure_run(work, s, data), device=s.device)
-full, half = (sample(nets["G"], 1, seed=seed, device=s.device, precision=p) for p in ("fp32", "bf16"))
+full, half = (sample(nets["G"], 1, seed=seed, device=s.device, precision=p)
+              for p in ("fp32", "bf16"))
 other = sample(nets["G"], 1, seed=seed + 1, device=s.device)
 print(f"fp32 vs bf16, same z:   max |diff| {(full - half).abs().max():.4f}, "
       f"mean {(full - half).abs().mean():.5f}")

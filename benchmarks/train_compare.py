@@ -1,0 +1,183 @@
+"""One HA-GAN training iteration: the kit against the published code, in the same run.
+
+    python benchmarks/train_compare.py --size 128 --batch 2 --official /path/to/HA-GAN
+    python benchmarks/train_compare.py --size 256 --batch 4 --device cuda --official /path/to/HA-GAN \
+        --cases official kit kit-bf16 kit-bf16-cl
+
+``--official`` is a clone of https://github.com/batmanlab/HA-GAN: only its ``models/`` folder is
+imported, from that path (nothing of it is copied into the kit). The published iteration is
+re-enacted step by step from its ``train.py`` (D, G, E^H, E^G updates; Adam (0, 0.999); BCE and
+L1), calling the published modules. On CPU the published discriminator's ``.cuda()`` call is
+redirected to the CPU, nothing else is changed.
+
+Each case runs in its own process so that its peak memory is its own. Prints one JSON line per
+case with the median seconds per iteration, peak RSS (CPU) or peak CUDA memory (GPU), and the
+ratio to the ``official`` case when that ran.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+
+KIT_CASES = {  # case -> (precision, channels_last, compile)
+    "kit": ("fp32", False, False),
+    "kit-bf16": ("bf16", False, False),
+    "kit-bf16-cl": ("bf16", True, False),
+    "kit-bf16-cl-compile": ("bf16", True, True),
+}
+
+
+def _published_step(official: str, size: int, batch: int, device):
+    """Build the published networks and return a closure running one published iteration."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from torch import nn, optim
+
+    if device.type == "cpu":  # the published D calls .cuda() inside forward
+        torch.Tensor.cuda = lambda self, *a, **k: self  # type: ignore[method-assign]
+    sys.path.insert(0, official)
+    mod = __import__(f"models.Model_HA_GAN_{size}", fromlist=["Generator"])
+    torch.manual_seed(0)
+    G = mod.Generator(mode="train", latent_dim=1024, num_class=0).to(device)
+    D = mod.Discriminator(num_class=0).to(device)
+    E = mod.Encoder().to(device)
+    SubE = mod.Sub_Encoder(latent_dim=1024).to(device)
+    opts = [optim.Adam(n.parameters(), lr=lr, betas=(0.0, 0.999), eps=1e-8)
+            for n, lr in ((G, 1e-4), (D, 4e-4), (E, 1e-4), (SubE, 1e-4))]
+    opt_g, opt_d, opt_e, opt_s = opts
+    bce, l1 = nn.BCEWithLogitsLoss(), nn.L1Loss()
+    ones = torch.ones(batch, 1, device=device)
+    zeros = torch.zeros(batch, 1, device=device)
+    x = torch.rand(batch, 1, size, size, size, device=device) * 2 - 1
+    slab = size // 8
+
+    def grads(net, on: bool) -> None:
+        for p in net.parameters():
+            p.requires_grad = on
+
+    for net in (G, D, E, SubE):
+        grads(net, False)
+
+    def step() -> None:
+        grads(D, True)
+        D.zero_grad()
+        x_small = F.interpolate(x, scale_factor=0.25)
+        c = np.random.randint(0, size * 7 / 8 + 1)
+        x_crop = x[:, :, c:c + slab]
+        fake, fake_small = G(torch.randn(batch, 1024, device=device), crop_idx=c)
+        d_loss = bce(D(x_crop, x_small, c), ones) + bce(D(fake, fake_small, c), zeros)
+        d_loss.backward()
+        opt_d.step()
+        grads(D, False)
+        grads(G, True)
+        G.zero_grad()
+        fake, fake_small = G(torch.randn(batch, 1024, device=device), crop_idx=c)
+        bce(D(fake, fake_small, c), ones).backward()
+        opt_g.step()
+        grads(G, False)
+        grads(E, True)
+        E.zero_grad()
+        l1(G(E(x_crop), crop_idx=None), x_crop).backward()
+        opt_e.step()
+        grads(E, False)
+        grads(SubE, True)
+        SubE.zero_grad()
+        with torch.no_grad():
+            feats = torch.cat([E(x[:, :, a:a + slab]) for a in range(0, size, slab)], dim=2)
+        rec, rec_small = G(SubE(feats), crop_idx=c)
+        ((l1(rec, x_crop) + l1(rec_small, x_small)) / 2).backward()
+        opt_s.step()
+        grads(SubE, False)
+
+    return step
+
+
+def _kit_step(case: str, size: int, batch: int, device):
+    import torch
+
+    from hagan.bench import RandomVolumes
+    from hagan.config import preset
+    from hagan.train import Trainer
+
+    precision, channels_last, compile_ = KIT_CASES[case]
+    cfg = preset(f"paper{size}", batch_size=batch, device=str(device), precision=precision,
+                 channels_last=channels_last, compile=compile_, tensorboard=False,
+                 progress=False)
+    import tempfile
+
+    tmp = tempfile.mkdtemp()
+    tr = Trainer(cfg, tmp, dataset=RandomVolumes(size, n=batch), resume=False)
+    mf = torch.channels_last_3d if channels_last else torch.preserve_format
+    x = RandomVolumes(size, n=batch).data.to(device).contiguous(memory_format=mf)
+    return lambda: tr.step(x)
+
+
+def run_case(case: str, size: int, batch: int, device_name: str, official: str | None,
+             iters: int, warmup: int) -> dict:
+    import torch
+
+    from hagan.bench import peak_rss_gib, time_calls
+
+    device = torch.device(device_name)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as the published train.py
+    step = (_published_step(official, size, batch, device) if case == "official"
+            else _kit_step(case, size, batch, device))
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = time_calls(step, device, iters, warmup)
+    out = {"case": case, "size": size, "batch": batch, "device": device_name,
+           "s_per_iter": round(statistics.median(times), 4), "iters": iters,
+           "peak_rss_gib": round(peak_rss_gib(), 3), "torch": torch.__version__,
+           "threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        out["peak_cuda_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
+        out["gpu"] = torch.cuda.get_device_name(device)
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", type=int, choices=(128, 256), default=128)
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--official", help="path to a clone of batmanlab/HA-GAN")
+    p.add_argument("--cases", nargs="+", default=["official", "kit"],
+                   choices=["official", *KIT_CASES])
+    p.add_argument("--iters", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one case in this process
+    args = p.parse_args()
+    if args.one:
+        print(json.dumps(run_case(args.one, args.size, args.batch, args.device, args.official,
+                                  args.iters, args.warmup)))
+        return 0
+    if "official" in args.cases and not args.official:
+        p.error("the 'official' case needs --official PATH (a clone of batmanlab/HA-GAN)")
+    base = None
+    for case in args.cases:
+        cmd = [sys.executable, __file__, "--one", case, "--size", str(args.size),
+               "--batch", str(args.batch), "--device", args.device, "--iters", str(args.iters),
+               "--warmup", str(args.warmup)] + (["--official", args.official]
+                                                  if args.official else [])
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            print(json.dumps({"case": case, "error": proc.stderr.strip().splitlines()[-1:]}))
+            continue
+        res = json.loads(proc.stdout.strip().splitlines()[-1])
+        if case == "official":
+            base = res["s_per_iter"]
+        elif base:
+            res["speedup_vs_official"] = round(base / res["s_per_iter"], 3)
+        print(json.dumps(res), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

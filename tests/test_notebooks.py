@@ -1,0 +1,219 @@
+"""The teaching notebooks: hygiene and structure (fast), and a papermill run of every notebook and
+solution in smoke mode (slow), in order, sharing one work dir under ``build/notebooks``.
+
+Also checks that ``binder/``, ``environment.yml`` and ``pyproject.toml`` list the same
+dependencies.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from hagan.notebook_runner import SOLUTIONS, notebook_paths, run_notebook
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOK_DIR = REPO / "notebooks"
+NOTEBOOKS = notebook_paths(NOTEBOOK_DIR)
+MAIN = [p for p in NOTEBOOKS if p.parent.name != SOLUTIONS]
+BUILD = REPO / "build" / "notebooks"
+WORK = BUILD / "work"
+MAX_CODE_LINES = 15  # STYLE.md rule 1: notebook code cells <= ~15 lines
+MAX_OUTPUT_LINES = 100  # STYLE.md rule 14 (MONAI's NB_OUTPUT_LINE_CAP)
+COLAB = "https://colab.research.google.com/github/hagan-kit/hagan-kit/blob/main/notebooks/"
+BINDER = "https://mybinder.org/v2/gh/hagan-kit/hagan-kit/HEAD?labpath=notebooks%2F"
+EXPECTED_NAMES = ["00_setup_and_data_tour", "01_preprocessing_with_torchio",
+                  "02_the_hierarchical_idea", "03_training", "04_inference", "05_evaluation",
+                  "06_feature_analysis", "07_scaling_up"]
+
+# Files each notebook must leave in the work dir in smoke mode (tiny32, 32^3), as globs.
+EXPECTED_OUTPUTS = {
+    "00_setup_and_data_tour": ["demo32/dataset.json", "demo32/volumes/demo_0007.npy",
+                               "figures/00_three_subjects.png", "figures/00_histograms.png"],
+    "01_preprocessing_with_torchio": ["prepared_ct32/dataset.json", "prepared_ct32/volumes/*.npy",
+                                      "prepared_mri32/volumes/mni152_t1.npy",
+                                      "figures/01_windows.png"],
+    "02_the_hierarchical_idea": ["step_costs.json", "figures/02_step_costs.png",
+                                 "figures/02_slab.png", "figures/02_coverage.png"],
+    "03_training": ["run_tiny32/checkpoints/ckpt_*.pt", "run_tiny32/metrics.jsonl",
+                    "figures/03_losses.png", "figures/03_real_vs_generated.png"],
+    "04_inference": ["samples/sample_00.nii.gz", "run_tiny32_conditional/checkpoints/ckpt_*.pt",
+                     "figures/04_conditional.png", "figures/04_interpolation.png",
+                     "figures/04_nifti.png"],
+    "05_evaluation": ["report_tiny32.json", "figures/05_metrics.png"],
+    "06_feature_analysis": ["figures/06_pca.png", "figures/06_mds.png",
+                            "figures/06_traversal.png"],
+    "07_scaling_up": ["run_ddp_demo/checkpoints/ckpt_*.pt", "figures/07_precision.png"],
+    "00_setup_and_data_tour_solutions": ["exercise_demo64/dataset.json",
+                                         "figures/sol00_lesion.png"],
+    "01_preprocessing_with_torchio_solutions": ["exercise_ct_messy_out/report.csv",
+                                                "figures/sol01_resolution.png"],
+    "02_the_hierarchical_idea_solutions": ["figures/sol02_slab_depth.png"],
+    "03_training_solutions": ["figures/sol03_anchor.png", "figures/sol03_losses_equal.png"],
+    "04_inference_solutions": ["figures/sol04_label_effect.png"],
+    "05_evaluation_solutions": ["figures/sol05_fid_vs_n.png", "figures/sol05_ms_ssim_noise.png"],
+    "06_feature_analysis_solutions": ["figures/sol06_lesion_pca.png",
+                                      "figures/sol06_traversal_d2.png"],
+    "07_scaling_up_solutions": [],
+}
+
+
+def _read(path: Path) -> nbformat.NotebookNode:
+    return nbformat.read(path, as_version=4)
+
+
+def _ids(paths: list[Path]) -> list[str]:
+    return [p.stem for p in paths]
+
+
+# --- fast: what is committed ---------------------------------------------------------------------
+def test_the_notebooks_and_their_solutions_exist():
+    assert [p.stem for p in MAIN] == EXPECTED_NAMES
+    solutions = [p.stem for p in NOTEBOOKS if p.parent.name == SOLUTIONS]
+    assert solutions == [f"{name}_solutions" for name in EXPECTED_NAMES]
+    assert set(EXPECTED_OUTPUTS) == {p.stem for p in NOTEBOOKS}
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_committed_without_outputs(path):
+    for cell in _read(path).cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [], f"{path.name}: a code cell has outputs; strip them"
+            assert cell.execution_count is None, f"{path.name}: execution counts left in"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_parameters_cell(path):
+    import papermill as pm
+
+    cells = _read(path).cells
+    tagged = [i for i, c in enumerate(cells) if "parameters" in c.metadata.get("tags", [])]
+    assert tagged == [1], f"{path.name}: exactly one parameters cell, right after the title"
+    params = pm.inspect_notebook(str(path))
+    assert {"work_dir", "smoke"} <= set(params), f"{path.name}: parameters {list(params)}"
+    assignments = [ln for ln in cells[1].source.splitlines() if re.match(r"^\w+ = ", ln)]
+    assert len(params) == len(assignments), (
+        f"{path.name}: papermill parses {list(params)} but the cell assigns {len(assignments)} "
+        "names; a '=' inside a comment hides a parameter from papermill")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_cell_order(path):
+    """Title and "you will learn" -> parameters -> setup -> sections -> "Next" (STYLE.md 14)."""
+    cells = _read(path).cells
+    title = cells[0]
+    assert title.cell_type == "markdown" and title.source.startswith("# ")
+    assert "you will learn" in title.source.lower(), f"{path.name}: say what students will learn"
+    setup = cells[2]
+    assert setup.cell_type == "code"
+    assert "print_env()" in setup.source and "seed_everything(seed)" in setup.source
+    assert "'google.colab' in sys.modules" in setup.source.replace('"', "'")
+    assert "pip" in setup.source, f"{path.name}: the setup cell must install the kit on Colab"
+    last = cells[-1]
+    assert last.cell_type == "markdown" and last.source.startswith("## Next")
+    if path.parent.name != SOLUTIONS:
+        headings = [c.source.splitlines()[0] for c in cells if c.cell_type == "markdown"]
+        assert "## Exercises" in headings, f"{path.name}: end with exercises"
+        exercises = next(c.source for c in cells if c.source.startswith("## Exercises"))
+        assert 2 <= len(re.findall(r"^\d\. \*\*", exercises, re.M)) <= 3
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_badges(path):
+    title = _read(path).cells[0].source
+    rel = path.relative_to(NOTEBOOK_DIR).as_posix()
+    assert f"{COLAB}{rel})" in title, f"{path.name}: Open-in-Colab badge missing or wrong"
+    assert f"{BINDER}{rel.replace('/', '%2F')})" in title, f"{path.name}: Binder badge"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_short_cells_and_figures_from_viz(path):
+    for cell in _read(path).cells:
+        if cell.cell_type != "code":
+            continue
+        lines = [ln for ln in cell.source.splitlines() if ln.strip()]
+        assert len(lines) <= MAX_CODE_LINES, f"{path.name}: a {len(lines)}-line cell:\n{cell.source}"
+        assert "matplotlib" not in cell.source and "plt." not in cell.source, (
+            f"{path.name}: figures come from hagan.viz only")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_paired_script_in_sync(path):
+    """Each .ipynb is generated from the jupytext .py next to it (reviewable in diffs)."""
+    import jupytext
+
+    script = path.with_suffix(".py")
+    assert script.is_file(), f"{script} is missing"
+    paired = jupytext.read(script)
+    committed = _read(path)
+    ours = [(c.cell_type, c.source, c.metadata.get("tags", [])) for c in paired.cells]
+    theirs = [(c.cell_type, c.source, c.metadata.get("tags", [])) for c in committed.cells]
+    assert ours == theirs, (f"{path.name} differs from {script.name}; regenerate it with "
+                            f"`jupytext --to ipynb {script.relative_to(REPO)}`")
+
+
+# --- fast: one dependency list everywhere --------------------------------------------------------
+def _name(requirement: str) -> str:
+    return re.split(r"[\s<>=!~;\[]", requirement.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def _spec(requirement: str) -> str:
+    return requirement.strip()[len(_name(requirement)):].replace(" ", "")
+
+
+def _pyproject_requirements() -> dict[str, str]:
+    tomllib = pytest.importorskip("tomllib") if sys.version_info >= (3, 11) else \
+        pytest.importorskip("tomli")
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    reqs = list(project["dependencies"]) + list(project["optional-dependencies"]["dev"])
+    return {_name(r): _spec(r) for r in reqs}
+
+
+# conda-forge names of packages whose pip name differs
+CONDA_TO_PIP = {"pytorch": "torch"}
+
+
+def test_binder_and_environment_list_the_pyproject_dependencies():
+    import yaml
+
+    expected = _pyproject_requirements()
+    binder = [ln for ln in (REPO / "binder" / "requirements.txt").read_text().splitlines()
+              if ln.strip() and not ln.startswith(("#", "-", "."))]
+    assert {_name(r): _spec(r) for r in binder} == expected, "binder/requirements.txt"
+    env = yaml.safe_load((REPO / "environment.yml").read_text())
+    conda = [d for d in env["dependencies"] if isinstance(d, str)]
+    listed = {CONDA_TO_PIP.get(_name(d), _name(d)): _spec(d) for d in conda
+              if _name(d) not in ("python", "pip")}
+    assert listed == expected, "environment.yml"
+    postbuild = (REPO / "binder" / "postBuild").read_text()
+    assert "pip install" in postbuild and "demo-data" in postbuild
+
+
+# --- slow: run every notebook and solution in smoke mode, in order --------------------------------
+@pytest.fixture(scope="module")
+def work_dir():
+    shutil.rmtree(BUILD, ignore_errors=True)
+    WORK.mkdir(parents=True)
+    return WORK
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_notebook_runs(path, work_dir):
+    out = BUILD / path.relative_to(NOTEBOOK_DIR)
+    result = run_notebook(path, out, work_dir, smoke=True, html=False)
+    assert result["ok"], f"{path.name} failed (executed copy: {out}):\n{result['error']}"
+    missing = [g for g in EXPECTED_OUTPUTS[path.stem] if not list(work_dir.glob(g))]
+    assert not missing, f"{path.name} did not write {missing} in {work_dir}"
+    for cell in _read(out).cells:
+        if cell.cell_type != "code":
+            continue
+        text = "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream")
+        lines = text.count("\n")
+        assert lines < MAX_OUTPUT_LINES, f"{path.name}: {lines} output lines in\n{cell.source}"
+        assert not any(o.output_type == "error" for o in cell.outputs)
