@@ -28,6 +28,8 @@ KIT_CASES = {  # case -> (precision, channels_last, compile)
     "kit-bf16": ("bf16", False, False),
     "kit-bf16-cl": ("bf16", True, False),
     "kit-bf16-cl-compile": ("bf16", True, True),
+    "kit-compile": ("fp32", False, True),
+    "kit-bf16-compile": ("bf16", False, True),
 }
 
 

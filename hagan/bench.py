@@ -112,6 +112,23 @@ def bench_generate(preset_name: str, device: str = "cpu", iters: int = 3, warmup
     return _result("generate", preset_name, 1, dev, precision, times, flops, chunk=chunk)
 
 
+PEAK_MATMUL_N = 4096  # side of the square matmul that measures the machine's peak FLOP/s
+
+
+@torch.inference_mode()
+def measured_peak_tflops(device: torch.device, precision: str = "fp32", iters: int = 5) -> float:
+    """This machine's practical peak: TFLOP/s of a large square matmul in ``precision``.
+
+    The ceiling that a convolution network can at best approach; 2 N^3 FLOPs per product.
+    """
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    n = PEAK_MATMUL_N if device.type == "cuda" else PEAK_MATMUL_N // 2
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    s = statistics.median(time_calls(lambda: a @ b, device, iters, warmup=1))
+    return 2 * n**3 / s / 1e12
+
+
 def _count(fn) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -132,6 +149,10 @@ def _result(mode, preset_name, batch, dev, precision, times, flops, **extra) -> 
         "torch": torch.__version__, "threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(),
     }
+    if flops:
+        peak = measured_peak_tflops(dev, precision)
+        out["matmul_peak_tflops"] = round(peak, 3)
+        out["fraction_of_peak"] = round(flops / s / 1e12 / peak, 3)
     if dev.type == "cuda":
         out["peak_cuda_gib"] = round(torch.cuda.max_memory_allocated(dev) / 2**30, 3)
         out["gpu"] = torch.cuda.get_device_name(dev)

@@ -112,14 +112,13 @@ class Trainer:
             net.to(self.device, memory_format=memory_format)
         self.G, self.D, self.E, self.SubE = nets["G"], nets["D"], nets["E"], nets["SubE"]
 
-        betas = (cfg.beta1, cfg.beta2)
-        fused = self.device.type == "cuda"  # fused Adam kernels exist on CUDA only
+        # Fused Adam kernels on CUDA (one launch for all tensors); the default path on CPU.
+        adam = {"betas": (cfg.beta1, cfg.beta2), "fused": self.device.type == "cuda" or None}
         self.opt = {
-            "G": torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g, betas=betas, fused=fused),
-            "D": torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=betas, fused=fused),
-            "E": torch.optim.Adam(self.E.parameters(), lr=cfg.lr_e, betas=betas, fused=fused),
-            "SubE": torch.optim.Adam(self.SubE.parameters(), lr=cfg.lr_e, betas=betas,
-                                     fused=fused),
+            "G": torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g, **adam),
+            "D": torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, **adam),
+            "E": torch.optim.Adam(self.E.parameters(), lr=cfg.lr_e, **adam),
+            "SubE": torch.optim.Adam(self.SubE.parameters(), lr=cfg.lr_e, **adam),
         }
         # GradScaler only for fp16; a no-op otherwise (nanoGPT's pattern).
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
@@ -210,10 +209,7 @@ class Trainer:
         set_requires_grad(self.SubE, True)
         with ctx:
             with torch.no_grad():
-                slabs = x.reshape(B, 1, 8, cfg.slab_depth, S, S).transpose(1, 2)  # (B, 8, 1, S/8, S, S)
-                feats = nets["E"](slabs.reshape(B * 8, 1, cfg.slab_depth, S, S))  # (8B, 64, S/32, S/4, S/4)
-                feats = feats.view(B, 8, *feats.shape[1:]).transpose(1, 2)  # (B, 64, 8, S/32, S/4, S/4)
-                feats = feats.reshape(B, feats.shape[1], S // 4, S // 4, S // 4)  # (B, 64, S/4, S/4, S/4)
+                feats = self.encode_slabs(x)  # (B, 64, S/4, S/4, S/4)
             z_hat = train["SubE"](feats)  # (B, latent_dim)
             rec_slab, rec_low = nets["G"](z_hat, c, y)
         loss_sube = 0.5 * (F.l1_loss(rec_slab.float(), x_slab) + F.l1_loss(rec_low.float(), x_low))
@@ -224,12 +220,25 @@ class Trainer:
                 "loss_d_fake": loss_d_fake.detach(), "loss_g": loss_g.detach(),
                 "loss_e": loss_e.detach(), "loss_sube": loss_sube.detach()}
 
+    def encode_slabs(self, x: torch.Tensor) -> torch.Tensor:
+        """E^H on the 8 axial slabs of x (B, 1, S, S, S), each on its own like the paper, joined
+        along depth -> (B, 64, S/4, S/4, S/4). On CUDA all 8B slabs go in one batched call; on
+        CPU one slab at a time, which keeps E's half-resolution activations 8x smaller (paper256
+        batch 1: about 0.8 GiB less peak memory)."""
+        B, S, d = x.shape[0], self.cfg.size, self.cfg.slab_depth
+        slabs = x.reshape(B, 1, 8, d, S, S).transpose(1, 2).reshape(B * 8, 1, d, S, S)
+        per_call = 8 * B if self.device.type == "cuda" else B
+        feats = torch.cat([self.nets["E"](part) for part in slabs.split(per_call)])
+        feats = feats.view(B, 8, *feats.shape[1:]).transpose(1, 2)  # (B, 64, 8, S/32, S/4, S/4)
+        return feats.reshape(B, feats.shape[1], S // 4, S // 4, S // 4)
+
     def _update(self, name: str, loss: torch.Tensor) -> None:
         opt = self.opt[name]
         opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(opt)
         self.scaler.update()
+        opt.zero_grad(set_to_none=True)  # free the gradients now: the next phases need the memory
 
     # --- the loop -------------------------------------------------------------------------------
     def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
