@@ -2,6 +2,11 @@
 # jupyter:
 #   jupytext:
 #     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -156,8 +161,9 @@ teaching.show(fig, figures / "03_real_vs_generated.png")
 #    What does the anchor do?
 # 2. **Resume.** Continue this run for 10 more iterations (`cfg.replace(iterations=...)`) and
 #    check in `metrics.jsonl` that the steps continue where they stopped.
-# 3. **Two time scales.** Train with `lr_d = lr_g = 1e-4` instead of D's 4e-4 and compare the loss
-#    curves. Which network wins early on?
+# 3. **Two time scales.** The paper trains G at 1e-4 and D at 4e-4 (the small presets raise G's
+#    rate to 4e-4 so that a few hundred iterations show anatomy). Train with the paper's rates
+#    and with `lr_d = lr_g = 1e-4`, and compare the loss curves. Which network wins early on?
 #
 # Solutions: `solutions/03_training_solutions.ipynb`.
 

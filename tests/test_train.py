@@ -104,6 +104,25 @@ def test_bf16_run_stays_in_fp32_loss_range(data, tmp_path):
         assert abs(a - b) < 0.25 * max(abs(a), 0.2), (key, a, b)
 
 
+def test_channels_last_step_matches_default_layout(data, tmp_path):
+    x = torch.rand(2, 1, 32, 32, 32) * 2 - 1
+    a = Trainer(tiny(data), tmp_path / "a", resume=False).step(x)
+    b = Trainer(tiny(data, channels_last=True), tmp_path / "b", resume=False).step(
+        x.contiguous(memory_format=torch.channels_last_3d))
+    for k in a:
+        assert abs(a[k].item() - b[k].item()) < 1e-4, (k, a[k].item(), b[k].item())
+
+
+def test_encode_slabs_is_e_on_each_slab_joined_along_depth(data, tmp_path):
+    tr = Trainer(tiny(data), tmp_path / "run", resume=False)
+    x = torch.rand(2, 1, 32, 32, 32) * 2 - 1
+    with torch.no_grad():
+        feats = tr.encode_slabs(x)
+        one_by_one = torch.cat([tr.E(x[:, :, a:a + 4]) for a in range(0, 32, 4)], dim=2)
+    assert feats.shape == (2, tr.E.blocks[-1].conv.out_channels, 8, 8, 8)
+    torch.testing.assert_close(feats, one_by_one)
+
+
 def test_fp16_on_cpu_is_a_clear_error(data, tmp_path):
     with pytest.raises(ValueError, match="fp16 needs a CUDA GPU"):
         train(tiny(data, precision="fp16", device="cpu"), tmp_path / "run")
@@ -211,9 +230,6 @@ with open(os.path.join(out, f"rank{tr.rank}.json"), "w") as fh:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("HAGAN_TEST_DDP") != "1",
-                    reason="opt-in (HAGAN_TEST_DDP=1) until verified on an idle 2-core machine: "
-                           "its first run here could not finish under heavy load")
 def test_ddp_two_processes_keep_replicas_identical(tmp_path):
     data = make_random_dataset(tmp_path / "data", n=4, size=32)
     script = tmp_path / "ddp_train.py"
