@@ -1,8 +1,8 @@
 """One HA-GAN training iteration: the kit against the published code, in the same run.
 
     python benchmarks/train_compare.py --size 128 --batch 2 --official /path/to/HA-GAN
-    python benchmarks/train_compare.py --size 256 --batch 4 --device cuda --official /path/to/HA-GAN \
-        --cases official kit kit-bf16 kit-bf16-cl
+    python benchmarks/train_compare.py --size 256 --batch 4 --device cuda \
+        --official /path/to/HA-GAN --cases official kit kit-bf16 kit-bf16-cl
 
 ``--official`` is a clone of https://github.com/batmanlab/HA-GAN: only its ``models/`` folder is
 imported, from that path (nothing of it is copied into the kit). The published iteration is
@@ -22,6 +22,7 @@ import json
 import statistics
 import subprocess
 import sys
+import tempfile
 
 KIT_CASES = {  # case -> (precision, channels_last, compile)
     "kit": ("fp32", False, False),
@@ -110,10 +111,7 @@ def _kit_step(case: str, size: int, batch: int, device):
     cfg = preset(f"paper{size}", batch_size=batch, device=str(device), precision=precision,
                  channels_last=channels_last, compile=compile_, tensorboard=False,
                  progress=False)
-    import tempfile
-
-    tmp = tempfile.mkdtemp()
-    tr = Trainer(cfg, tmp, dataset=RandomVolumes(size, n=batch), resume=False)
+    tr = Trainer(cfg, tempfile.mkdtemp(), dataset=RandomVolumes(size, n=batch), resume=False)
     mf = torch.channels_last_3d if channels_last else torch.preserve_format
     x = RandomVolumes(size, n=batch).data.to(device).contiguous(memory_format=mf)
     return lambda: tr.step(x)
