@@ -112,7 +112,12 @@ def upsample_conv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     w = torch.einsum("pad,qbe,rcf,oidef->opqriabc", taps, taps, taps, weight)
     w = w.reshape(c_out * 8, weight.shape[1], 2, 2, 2)
     b = bias.repeat_interleave(8) if bias is not None else None
-    y = F.conv3d(x, w, b, padding=(0 if depth_halo else 1, 1, 1))  # (B, 8 C_out, D'+1, H+1, W+1)
+    depth_pad = 0 if depth_halo else 1
+    if depth_pad and x.shape[2] == 1:
+        # torch 2.13's CPU conv3d returns garbage bf16 weight gradients (1e34, NaN) for a depth-1
+        # input with depth padding 1 (tiny32's slab features); zero-padding by hand avoids it.
+        x, depth_pad = F.pad(x, (0, 0, 0, 0, 1, 1)), 0
+    y = F.conv3d(x, w, b, padding=(depth_pad, 1, 1))  # (B, 8 C_out, D'+1, H+1, W+1)
     B, _, d1, h1, w1 = y.shape
     d, h, wd = d1 - 1, h1 - 1, w1 - 1
     if torch.compiler.is_compiling():
