@@ -101,20 +101,12 @@ def _published_step(official: str, size: int, batch: int, device):
 
 
 def _kit_step(case: str, size: int, batch: int, device):
-    import torch
-
-    from hagan.bench import RandomVolumes
-    from hagan.config import preset
-    from hagan.train import Trainer
+    from hagan.bench import train_step
 
     precision, channels_last, compile_ = KIT_CASES[case]
-    cfg = preset(f"paper{size}", batch_size=batch, device=str(device), precision=precision,
-                 channels_last=channels_last, compile=compile_, tensorboard=False,
-                 progress=False)
-    tr = Trainer(cfg, tempfile.mkdtemp(), dataset=RandomVolumes(size, n=batch), resume=False)
-    mf = torch.channels_last_3d if channels_last else torch.preserve_format
-    x = RandomVolumes(size, n=batch).data.to(device).contiguous(memory_format=mf)
-    return lambda: tr.step(x)
+    step, _ = train_step(f"paper{size}", batch, tempfile.mkdtemp(), str(device), precision,
+                         channels_last, compile_)
+    return step
 
 
 def run_case(case: str, size: int, batch: int, device_name: str, official: str | None,

@@ -64,23 +64,30 @@ def time_calls(fn, device: torch.device, iters: int, warmup: int) -> list[float]
     return times
 
 
-def bench_train(preset_name: str, batch: int, device: str = "cpu", iters: int = 3,
-                warmup: int = 1, precision: str = "fp32", channels_last: bool = False,
-                compile: bool = False, count_flops: bool = True) -> dict:
-    """Median seconds per training iteration, peak memory and achieved FLOP/s."""
+def train_step(preset_name: str, batch: int, run_dir: str, device: str = "cpu",
+               precision: str = "fp32", channels_last: bool = False, compile: bool = False):
+    """A zero-argument callable running one ``Trainer.step`` of the preset on fixed random
+    volumes (B, 1, S, S, S), and its device. Nothing is written to ``run_dir``."""
     from .train import Trainer
 
     cfg = preset(preset_name, batch_size=batch, device=device, precision=precision,
                  channels_last=channels_last, compile=compile, tensorboard=False, progress=False)
-    dev = resolve_device(device)
+    tr = Trainer(cfg, run_dir, dataset=RandomVolumes(cfg.size, n=batch), resume=False)
+    mf = torch.channels_last_3d if channels_last else torch.preserve_format
+    x = RandomVolumes(cfg.size, n=batch).data.to(tr.device).contiguous(memory_format=mf)
+    return (lambda: tr.step(x)), tr.device
+
+
+def bench_train(preset_name: str, batch: int, device: str = "cpu", iters: int = 3,
+                warmup: int = 1, precision: str = "fp32", channels_last: bool = False,
+                compile: bool = False, count_flops: bool = True) -> dict:
+    """Median seconds per training iteration, peak memory and achieved FLOP/s."""
     with tempfile.TemporaryDirectory() as tmp:
-        tr = Trainer(cfg, tmp, dataset=RandomVolumes(cfg.size, n=batch), resume=False)
-        mf = torch.channels_last_3d if channels_last else torch.preserve_format
-        x = RandomVolumes(cfg.size, n=batch).data.to(dev).contiguous(memory_format=mf)
+        step, dev = train_step(preset_name, batch, tmp, device, precision, channels_last, compile)
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
-        times = time_calls(lambda: tr.step(x), dev, iters, warmup)
-        flops = _count(lambda: tr.step(x)) if count_flops else None
+        times = time_calls(step, dev, iters, warmup)
+        flops = _count(step) if count_flops else None
     return _result("train", preset_name, batch, dev, precision, times, flops,
                    channels_last=channels_last, compile=compile)
 

@@ -112,8 +112,8 @@ class Trainer:
             net.to(self.device, memory_format=memory_format)
         self.G, self.D, self.E, self.SubE = nets["G"], nets["D"], nets["E"], nets["SubE"]
 
-        # Fused Adam kernels on CUDA (one launch for all tensors); the default path on CPU.
-        adam = {"betas": (cfg.beta1, cfg.beta2), "fused": self.device.type == "cuda" or None}
+        # Fused Adam kernels exist on CUDA only.
+        adam = {"betas": (cfg.beta1, cfg.beta2), "fused": self.device.type == "cuda"}
         self.opt = {
             "G": torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g, **adam),
             "D": torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, **adam),
