@@ -57,6 +57,17 @@ def init_distributed(device: torch.device) -> tuple[int, int]:
     return rank, world
 
 
+def shutdown_distributed() -> None:
+    """Wait for every rank, then close the process group (torchrun runs only).
+
+    Without this, a gloo rank can abort at interpreter exit ("terminate called without an
+    active exception", SIGABRT) after training finished, and torchrun reports a failure.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 def is_main_process() -> bool:
     return ddp_env()[0] == 0
 

@@ -41,7 +41,7 @@ from . import checkpoint as ckpt
 from .config import Config, PathLike, from_dict, parse_overrides, preset, save_json
 from .data import InfiniteSampler, PreparedDataset
 from .models import build_models
-from .runtime import autocast_context, init_distributed, resolve_device
+from .runtime import autocast_context, init_distributed, resolve_device, shutdown_distributed
 
 logger = logging.getLogger(__name__)
 
@@ -306,6 +306,8 @@ class Trainer:
                                               path)
             if last_ckpt is None or last_ckpt != ckpt.checkpoint_path(self.run_dir, self.step_num):
                 last_ckpt = self.save()
+            if self.world > 1:
+                shutdown_distributed()
         finally:
             bar.close()
             if writer is not None:
