@@ -90,8 +90,67 @@ _PHASE_TAPS = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]],  # p = 0: taps o
                             [[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]]])  # p = 1: taps on (i, i+1)
 
 
+def phase_weights(weight: torch.Tensor) -> torch.Tensor:
+    """The 8 sub-pixel kernels of a 3^3 kernel: (C_out, C_in, 3, 3, 3) -> (8 C_out, C_in, 2, 2, 2),
+    output channel ``8 o + 4 p + 2 q + r`` holding phase (p, q, r) of channel o."""
+    taps = _PHASE_TAPS.to(weight)
+    # (C_out, C_in, 3, 3, 3) -> (C_out, p, q, r, C_in, 2, 2, 2) -> (8 C_out, C_in, 2, 2, 2)
+    w = torch.einsum("pad,qbe,rcf,oidef->opqriabc", taps, taps, taps, weight)
+    return w.reshape(weight.shape[0] * 8, weight.shape[1], 2, 2, 2)
+
+
+class _AttachPhaseGrad(torch.autograd.Function):
+    """Passes precomputed phase kernels through; backward maps their gradient to the 3^3 weight
+    (the adjoint of :func:`phase_weights`, which is linear)."""
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, phased: torch.Tensor) -> torch.Tensor:  # noqa: ARG004
+        return phased.view_as(phased)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # noqa: ARG004
+        taps = _PHASE_TAPS.to(grad)
+        c_out, c_in = grad.shape[0] // 8, grad.shape[1]
+        g = grad.reshape(c_out, 2, 2, 2, c_in, 2, 2, 2)
+        return torch.einsum("pad,qbe,rcf,opqriabc->oidef", taps, taps, taps, g), None
+
+
+class PhaseWeightCache:
+    """Keeps :func:`phase_weights` of each 3^3 weight until that weight changes.
+
+    The generator's training passes see the same weights several times: the D step's fake, the
+    G step, and after G's update the E^H and E^G steps. Transforming a 512x512 trunk kernel
+    costs about 50 ms on 2 CPU cores, so the trainer transforms each weight once per update
+    instead of once per pass. An entry is dropped when its weight's storage or version counter
+    changes (``load_state_dict``, foreach/for-loop optimizers, any in-place op), but fused
+    optimizer steps and writes through ``.data`` leave the version counter alone in torch 2.13:
+    whoever updates weights that way must call :meth:`clear` afterwards (the trainer does, after
+    every G update). Entries carry no autograd graph: with gradients on,
+    :class:`_AttachPhaseGrad` routes them to the weight. Transforms run in the weight's own
+    precision, outside autocast.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[int, tuple[tuple, torch.Tensor]] = {}
+
+    def get(self, weight: torch.Tensor) -> torch.Tensor:
+        key = (weight.data_ptr(), weight._version, weight.dtype, weight.device, weight.shape)
+        entry = self._entries.get(id(weight))
+        if entry is None or entry[0] != key:
+            with torch.no_grad(), torch.autocast(weight.device.type, enabled=False):
+                entry = (key, phase_weights(weight))
+            self._entries[id(weight)] = entry
+        if torch.is_grad_enabled() and weight.requires_grad:
+            return _AttachPhaseGrad.apply(weight, entry[1])
+        return entry[1]
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
 def upsample_conv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                    depth_halo: bool = False, out: torch.Tensor | None = None) -> torch.Tensor:
+                    depth_halo: bool = False, out: torch.Tensor | None = None,
+                    cache: PhaseWeightCache | None = None) -> torch.Tensor:
     """``conv3d(interpolate(x, scale_factor=2, mode="nearest"), weight, bias, padding=1)``, exactly,
     with 27/8 = 3.4x fewer multiply-adds and without building the upsampled input.
 
@@ -105,12 +164,13 @@ def upsample_conv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
             only the D - 2 inner slices: (B, C_out, 2(D-2), 2H, 2W). This is how G^H runs slab-wise.
         weight: (C_out, C_in, 3, 3, 3); bias: (C_out,) or None.
         out: Optional destination (inference only), e.g. a depth range of a larger volume.
+        cache: Optional :class:`PhaseWeightCache` to reuse the transformed weight.
     """
     c_out = weight.shape[0]
-    taps = _PHASE_TAPS.to(weight)
-    # (C_out, C_in, 3, 3, 3) -> (C_out, p, q, r, C_in, 2, 2, 2) -> (8 C_out, C_in, 2, 2, 2)
-    w = torch.einsum("pad,qbe,rcf,oidef->opqriabc", taps, taps, taps, weight)
-    w = w.reshape(c_out * 8, weight.shape[1], 2, 2, 2)
+    if cache is None or torch.compiler.is_compiling():
+        w = phase_weights(weight)
+    else:
+        w = cache.get(weight)
     b = bias.repeat_interleave(8) if bias is not None else None
     depth_pad = 0 if depth_halo else 1
     if depth_pad and x.shape[2] == 1:
@@ -163,10 +223,11 @@ class ConvBlock(nn.Module):
         self.upsample = upsample
         self.conv = nn.Conv3d(c_in, c_out, kernel, stride, padding)
         self.norm = nn.GroupNorm(NORM_GROUPS, c_out)
+        self.phase_cache: PhaseWeightCache | None = None  # see Generator.cache_phase_weights
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.upsample and self.conv.kernel_size == (3, 3, 3):
-            x = upsample_conv3d(x, self.conv.weight, self.conv.bias)
+            x = upsample_conv3d(x, self.conv.weight, self.conv.bias, cache=self.phase_cache)
         else:
             if self.upsample:
                 x = F.interpolate(x, scale_factor=2, mode="nearest")
@@ -255,11 +316,13 @@ class HighResHead(nn.Module):
         c_feat, c_mid = cfg.channels(64), cfg.channels(32)
         self.block = ConvBlock(c_feat, c_mid, upsample=True)
         self.out = nn.Conv3d(c_mid, 1, 3, 1, 1)
+        self.phase_cache: PhaseWeightCache | None = None  # see Generator.cache_phase_weights
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         h = self.block(h)  # (B, 32, 2d, S/2, S/2)
         # x2 nearest upsampling + conv, as one sub-pixel conv: (B, 32, 2d, S/2, S/2) -> (B, 1, 4d, S, S)
-        return torch.tanh(upsample_conv3d(h, self.out.weight, self.out.bias))
+        return torch.tanh(upsample_conv3d(h, self.out.weight, self.out.bias,
+                                          cache=self.phase_cache))
 
     @torch.no_grad()
     def forward_chunked(self, h: torch.Tensor, chunk: int = 16) -> torch.Tensor:
@@ -323,6 +386,7 @@ class Generator(nn.Module):
         self.trunk = Trunk(cfg)
         self.low_res_head = LowResHead(cfg)
         self.high_res_head = HighResHead(cfg)
+        self.phase_cache: PhaseWeightCache | None = None  # see cache_phase_weights
 
     def features(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Trunk only: z (B, latent_dim) -> features (B, 64, S/4, S/4, S/4)."""
@@ -341,6 +405,17 @@ class Generator(nn.Module):
         start = int(crop) // 4
         h_slab = h[:, :, start:start + self.feature_slab_depth]  # (B, 64, S/32, S/4, S/4)
         return self.high_res_head(h_slab), low
+
+    def cache_phase_weights(self, enabled: bool = True) -> None:
+        """Transform each sub-pixel weight once per change instead of once per pass (see
+        :class:`PhaseWeightCache`). Results are unchanged, but whoever updates the weights with
+        a fused optimizer must call ``G.phase_cache.clear()`` after each step, as the trainer
+        does."""
+        cache = PhaseWeightCache() if enabled else None
+        self.phase_cache = cache
+        for m in self.modules():
+            if isinstance(m, (ConvBlock, HighResHead)):
+                m.phase_cache = cache
 
     def decode_slab(self, features: torch.Tensor) -> torch.Tensor:
         """G^H alone: features (B, 64, d, S/4, S/4) -> image (B, 1, 4d, S, S)."""

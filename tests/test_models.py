@@ -173,3 +173,44 @@ def test_upsample_conv_bf16_weight_gradient_on_a_depth_1_input_is_sane():
         g_fp32, = torch.autograd.grad(upsample_conv3d(x, w, None), w, go)
         assert torch.isfinite(g_bf16).all()
         assert (g_bf16 - g_fp32).abs().max() < 0.05 * g_fp32.abs().max()
+
+
+def test_phase_weight_cache_gives_the_same_outputs_and_gradients_and_follows_updates() -> None:
+    """The cached sub-pixel kernels must not change what G computes or how it learns, and must
+    be dropped when the weights change (in-place op: by version; fused Adam: by clear())."""
+    torch.manual_seed(0)
+    G = build_models(preset("tiny32"))["G"]
+    z = torch.randn(2, G.latent_dim)
+
+    def pass_and_grads():
+        G.zero_grad()
+        with torch.no_grad():
+            G(z, 4)  # a no-grad pass first fills the cache, as the trainer's D step does
+        slab, low = G(z, 4)
+        (slab.square().mean() + low.mean()).backward()
+        return slab.detach(), [p.grad.clone() for p in G.parameters()]
+
+    plain, plain_grads = pass_and_grads()
+    G.cache_phase_weights()
+    cached, cached_grads = pass_and_grads()
+    assert torch.equal(plain, cached)
+    for a, b in zip(plain_grads, cached_grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+    opt = torch.optim.Adam(G.parameters(), lr=1e-2, fused=True)
+    opt.step()  # torch 2.13's fused Adam leaves the version counters alone ...
+    G.phase_cache.clear()  # ... so the updater clears the cache, as Trainer._update does
+    after_step, _ = pass_and_grads()
+    with torch.no_grad():
+        G.trunk.blocks[1].conv.weight.mul_(0.5)  # a versioned in-place change needs no clear()
+    after_inplace, _ = pass_and_grads()
+    G.cache_phase_weights(False)
+    with torch.no_grad():
+        G.trunk.blocks[1].conv.weight.mul_(2.0)
+    ref_step, _ = pass_and_grads()
+    with torch.no_grad():
+        G.trunk.blocks[1].conv.weight.mul_(0.5)
+    ref_inplace, _ = pass_and_grads()
+    assert not torch.equal(after_step, cached)
+    torch.testing.assert_close(after_step, ref_step, rtol=0, atol=1e-6)
+    torch.testing.assert_close(after_inplace, ref_inplace, rtol=0, atol=1e-6)
