@@ -31,7 +31,7 @@ test-fast: setup
 
 lint: setup
 	$(BIN)/python -m pip install -q ruff
-	$(BIN)/ruff check hagan tests benchmarks
+	$(BIN)/ruff check hagan tests benchmarks data_scripts
 
 clean:
 	rm -rf $(VENV) outputs build

@@ -3,7 +3,9 @@
 #   OFFICIAL=/path/to/HA-GAN OUT=results/ bash benchmarks/gpu_suite.sh
 # 1. the GPU tests (tests/test_gpu.py), 2. paper256 batch 4 training: the published code against
 # the kit in fp32 / bf16 / bf16 + channels-last / + torch.compile, 3. paper256 batch 2 memory,
-# 4. full-volume generation. JSON lines go to stdout and to $OUT/gpu_suite.jsonl.
+# 4. full-volume generation, 5. a profile of one bf16 paper256 batch-4 iteration (per phase and
+# top CUDA kernels; Chrome trace in $OUT), 6. torch.compile. JSON lines go to stdout and to
+# $OUT/gpu_suite.jsonl.
 # The kit only needs torch here (PYTHONPATH=.); OFFICIAL is a clone of batmanlab/HA-GAN.
 set -uo pipefail
 OUT=${OUT:-.}
@@ -20,4 +22,6 @@ gen() { python3 -m hagan bench --mode generate --preset paper256 --device cuda -
 gen --precision fp32 --chunk 0
 gen --precision fp32
 gen --precision bf16
+python3 benchmarks/profile_step.py --preset paper256 --batch 4 --device cuda --precision bf16 \
+    --iters 5 --warmup 3 --top 30 --trace "$OUT/profile_paper256_b4_bf16_$(date +%s).json" | log
 cmp --size 256 --batch 4 --iters 10 --warmup 3 --cases kit-bf16-cl-compile

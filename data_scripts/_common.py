@@ -145,7 +145,8 @@ def parser(description: str) -> argparse.ArgumentParser:
     """The options every data script shares."""
     p = argparse.ArgumentParser(description=description,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-dir", help=f"data folder (default ${DATA_DIR_ENV} or {DEFAULT_DATA_DIR})")
+    p.add_argument("--data-dir",
+                   help=f"data folder (default ${DATA_DIR_ENV} or {DEFAULT_DATA_DIR})")
     p.add_argument("--size", type=int, default=128, help="cube edge of the prepared volumes")
     p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1) // 2),
                    help="parallel preprocessing processes")

@@ -37,7 +37,8 @@ SEQUENCES = {"FLAIR": 0, "T1w": 1, "T1gd": 2, "T2w": 3}  # channel order of the 
 
 
 def split_sequence(task_dir: Path, out: Path, sequence: str) -> Path:
-    """Write channel ``sequence`` of every 4D image in imagesTr/imagesTs as a 3D NIfTI in ``out``."""
+    """Write channel ``sequence`` of every 4D image in imagesTr/imagesTs as a 3D NIfTI in
+    ``out``."""
     channel = SEQUENCES[sequence]
     out.mkdir(parents=True, exist_ok=True)
     for part in ("imagesTr", "imagesTs"):
@@ -69,7 +70,8 @@ def tumour_size_labels(task_dir: Path, images: Path, dest: Path) -> Path:
 
 def fetch_and_prepare(root: Path, size: int = 128, workers: int = 1, download: bool = True,
                       sequence: str = "T1gd", labels: str | None = None):
-    """Download, unpack, split out one MRI sequence and prepare it under ``root/msd_brain_tumour``."""
+    """Download, unpack, split out one MRI sequence and prepare it under
+    ``root/msd_brain_tumour``."""
     if sequence not in SEQUENCES:
         raise ValueError(f"Expected --sequence one of {list(SEQUENCES)}, found {sequence!r}.")
     base = root / NAME

@@ -1,4 +1,5 @@
-"""hagan-kit: HA-GAN (Hierarchical Amortized GAN, Sun et al., IEEE JBHI 2022) for 3D medical images."""
+"""hagan-kit: HA-GAN (Hierarchical Amortized GAN, Sun et al., IEEE JBHI 2022) for 3D medical
+images."""
 
 from .config import Config, preset
 

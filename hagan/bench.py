@@ -67,7 +67,8 @@ def time_calls(fn, device: torch.device, iters: int, warmup: int) -> list[float]
 def train_step(preset_name: str, batch: int, run_dir: str, device: str = "cpu",
                precision: str = "fp32", channels_last: bool = False, compile: bool = False):
     """A zero-argument callable running one ``Trainer.step`` of the preset on fixed random
-    volumes (B, 1, S, S, S), and its device. Nothing is written to ``run_dir``."""
+    volumes (B, 1, S, S, S), and its device. The callable's ``trainer`` attribute is the
+    :class:`~hagan.train.Trainer`. Nothing is written to ``run_dir``."""
     from .train import Trainer
 
     cfg = preset(preset_name, batch_size=batch, device=device, precision=precision,
@@ -75,7 +76,11 @@ def train_step(preset_name: str, batch: int, run_dir: str, device: str = "cpu",
     tr = Trainer(cfg, run_dir, dataset=RandomVolumes(cfg.size, n=batch), resume=False)
     mf = torch.channels_last_3d if channels_last else torch.preserve_format
     x = RandomVolumes(cfg.size, n=batch).data.to(tr.device).contiguous(memory_format=mf)
-    return (lambda: tr.step(x)), tr.device
+    def step() -> dict[str, torch.Tensor]:
+        return tr.step(x)
+
+    step.trainer = tr  # type: ignore[attr-defined]
+    return step, tr.device
 
 
 def bench_train(preset_name: str, batch: int, device: str = "cpu", iters: int = 3,

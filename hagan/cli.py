@@ -20,7 +20,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("hagan.train", "train HA-GAN (resumes when the run folder holds a checkpoint)"),
     "generate": ("hagan.generate", "sample full-resolution volumes and write NIfTI files"),
     "evaluate": ("hagan.metrics", "FID, MMD, MS-SSIM and memorisation report for a checkpoint"),
-    "import-official": ("hagan.official", "convert published HA-GAN .pth files to a kit checkpoint"),
+    "import-official": ("hagan.official",
+                        "convert published HA-GAN .pth files to a kit checkpoint"),
     "bench": ("hagan.bench", "time and measure one training iteration or generation"),
 }
 

@@ -16,10 +16,10 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 # --- shared type aliases and named constants (see STYLE.md, "TorchIO" section) ----------------
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 Shape3D = tuple[int, int, int]
 
 MIN_SIZE = 32  # smallest cube: the trunk needs at least one upsampling from 4^3 to S/4

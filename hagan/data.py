@@ -231,7 +231,8 @@ class InfiniteSampler(Sampler[int]):
         while True:
             epoch, offset = divmod(position, self.n)
             if epoch != cached_epoch:
-                cached_epoch, order = epoch, np.random.default_rng(self.seed + epoch).permutation(self.n)
+                rng = np.random.default_rng(self.seed + epoch)
+                cached_epoch, order = epoch, rng.permutation(self.n)
             yield int(order[offset])
             position += self.world
 

@@ -34,8 +34,14 @@ import torch
 import torch.nn.functional as F
 from scipy.spatial.distance import cdist
 
-from .analysis import (EXTRACTORS, SHORT_HASH, FeatureExtractor, build_extractor,
-                       check_extractor, volume_at)
+from .analysis import (
+    EXTRACTORS,
+    SHORT_HASH,
+    FeatureExtractor,
+    build_extractor,
+    check_extractor,
+    volume_at,
+)
 from .checkpoint import CheckpointError
 from .config import Config, PathLike
 

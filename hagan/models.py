@@ -232,7 +232,9 @@ class ConvBlock(nn.Module):
             if self.upsample:
                 x = F.interpolate(x, scale_factor=2, mode="nearest")
             x = self.conv(x)
-        return F.relu(self.norm(x))
+        # In place: GroupNorm's backward needs its input, not its output, so the output buffer
+        # can hold the ReLU (one activation-sized allocation less per block and pass).
+        return F.relu(self.norm(x), inplace=True)
 
 
 def _one_hot(labels: torch.Tensor | None, num_classes: int, batch: int) -> torch.Tensor | None:
@@ -272,7 +274,8 @@ class Trunk(nn.Module):
         self.start_channels = ch[0]
         self.fc = nn.Linear(cfg.latent_dim + cfg.num_classes, ch[0] * 4**3)
         n_up = cfg.num_upsamplings
-        # Upsample before convs 2 .. n_up+1: 256^3 -> 4 upsamplings, 128^3 -> 3, 64^3 -> 2, 32^3 -> 1.
+        # Upsample before convs 2 .. n_up+1: 256^3 -> 4 upsamplings, 128^3 -> 3, 64^3 -> 2,
+        # 32^3 -> 1.
         self.blocks = nn.ModuleList(
             ConvBlock(c_in, c_out, upsample=1 <= i <= n_up)
             for i, (c_in, c_out) in enumerate(zip([ch[0]] + ch[:-1], ch))
@@ -320,7 +323,8 @@ class HighResHead(nn.Module):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         h = self.block(h)  # (B, 32, 2d, S/2, S/2)
-        # x2 nearest upsampling + conv, as one sub-pixel conv: (B, 32, 2d, S/2, S/2) -> (B, 1, 4d, S, S)
+        # x2 nearest upsampling + conv as one sub-pixel conv:
+        # (B, 32, 2d, S/2, S/2) -> (B, 1, 4d, S, S)
         return torch.tanh(upsample_conv3d(h, self.out.weight, self.out.bias,
                                           cache=self.phase_cache))
 
@@ -474,10 +478,10 @@ class HighResDiscriminator(nn.Module):
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
         h = slab
         for conv in self.convs:
-            h = F.leaky_relu(conv(h), LEAK)
+            h = F.leaky_relu(conv(h), LEAK, inplace=True)  # conv outputs are not saved
         h = h.flatten(1)  # (B, 128); flatten, not squeeze, so batch size 1 works
         h = torch.cat([h, position.to(h).view(-1, 1)], dim=1)  # (B, 129)
-        h = F.leaky_relu(self.fc1(h), LEAK)  # (B, 64)
+        h = F.leaky_relu(self.fc1(h), LEAK, inplace=True)  # (B, 64)
         cls = self.fc2_class(h) if self.fc2_class is not None else None
         return self.fc2(h), cls  # (B, 1), (B, num_classes)
 
@@ -501,7 +505,7 @@ class LowResDiscriminator(nn.Module):
     def forward(self, low: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         h = low
         for conv in self.convs[:-1]:
-            h = F.leaky_relu(conv(h), LEAK)
+            h = F.leaky_relu(conv(h), LEAK, inplace=True)  # conv outputs are not saved
         h = self.convs[-1](h).flatten(1)  # (B, 1 + num_classes)
         return h[:, :1], (h[:, 1:] if self.num_classes else None)
 

@@ -44,8 +44,8 @@ DATA_PARALLEL_PREFIX = "module."  # nn.DataParallel prefixes every key (publishe
 KINDS = ("G", "D", "E", "SubE")  # the kit's names, as in hagan.models.build_models
 KIND_NAMES = {"G": "generator", "D": "discriminator", "E": "encoder (E^H)",
               "SubE": "sub-encoder (E^G)"}
-KIND_CLASSES: dict[str, Callable[[Config], nn.Module]] = {"G": Generator, "D": Discriminator, "E": Encoder,
-                                           "SubE": SubEncoder}
+KIND_CLASSES: dict[str, Callable[[Config], nn.Module]] = {
+    "G": Generator, "D": Discriminator, "E": Encoder, "SubE": SubEncoder}
 STATE_KEYS = ("model", "state_dict")  # where a published file keeps the weights
 MAX_LISTED = 3  # names listed in an error message before "and N more"
 

@@ -591,7 +591,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"intensity window mapped to [-1, 1] (CT default {list(CT_WINDOW)})")
     parser.add_argument("--percentiles", type=float, nargs=2, metavar=("P1", "P2"),
                         default=list(MRI_PERCENTILES),
-                        help=f"MRI percentiles mapped to -1 and 1 (default {list(MRI_PERCENTILES)})")
+                        help="MRI percentiles mapped to -1 and 1 "
+                             f"(default {list(MRI_PERCENTILES)})")
     parser.add_argument("--spacing", type=float, metavar="MM",
                         help="resample to this isotropic voxel size first (default: keep)")
     parser.add_argument("--no-trim", action="store_true",

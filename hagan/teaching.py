@@ -32,7 +32,8 @@ from .runtime import print_env, resolve_device
 logger = logging.getLogger(__name__)
 
 WORK_DIR_ENV = "HAGAN_WORK_DIR"  # the work dir shared by all notebooks (MONAI_DATA_DIRECTORY style)
-DEFAULT_WORK_DIR = "~/hagan-work"  # never the current folder: notebooks must not write next to themselves
+# never the current folder: notebooks must not write next to themselves
+DEFAULT_WORK_DIR = "~/hagan-work"
 FIGURE_DPI = 110  # PNG copies of notebook figures: sharp enough to read, small enough to commit
 SCALES = ("smoke", "cpu", "gpu")
 SLABS_PER_VOLUME = 8  # a slab is S/8 deep (config.SLAB_FRACTION), so 8 slabs tile the volume

@@ -165,7 +165,7 @@ class Trainer:
     def step(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """One HA-GAN iteration on real volumes ``x`` (B, 1, S, S, S); returns detached losses."""
         cfg, nets, train = self.cfg, self.nets, self.train_nets
-        B, S = x.shape[0], cfg.size
+        B = x.shape[0]
         ctx = autocast_context(self.device.type, cfg.precision)
         x_low = x[:, :, ::4, ::4, ::4]  # (B, 1, S/4, S/4, S/4): = F.interpolate(x, 0.25), nearest
         c = self.draw_slab_start()
@@ -228,12 +228,21 @@ class Trainer:
     def encode_slabs(self, x: torch.Tensor) -> torch.Tensor:
         """E^H on the 8 axial slabs of x (B, 1, S, S, S), each on its own like the paper, joined
         along depth -> (B, 64, S/4, S/4, S/4). On CUDA all 8B slabs go in one batched call; on
-        CPU one slab at a time, which keeps E's half-resolution activations 8x smaller (paper256
-        batch 1: about 0.8 GiB less peak memory)."""
+        CPU one slab position at a time, written straight into its depth range of the result,
+        which keeps E's half-resolution activations 8x smaller and never holds two copies of
+        the features (paper256 batch 1: about 0.8 GiB less peak memory)."""
         B, S, d = x.shape[0], self.cfg.size, self.cfg.slab_depth
+        E = self.nets["E"]
+        if self.device.type != "cuda":
+            feats = None
+            for i in range(8):
+                part = E(x[:, :, i * d:(i + 1) * d])  # (B, 64, S/32, S/4, S/4)
+                if feats is None:
+                    feats = part.new_empty(B, part.shape[1], S // 4, S // 4, S // 4)
+                feats[:, :, i * part.shape[2]:(i + 1) * part.shape[2]] = part
+            return feats
         slabs = x.reshape(B, 1, 8, d, S, S).transpose(1, 2).reshape(B * 8, 1, d, S, S)
-        per_call = 8 * B if self.device.type == "cuda" else B
-        feats = torch.cat([self.nets["E"](part) for part in slabs.split(per_call)])
+        feats = E(slabs)  # (8B, 64, S/32, S/4, S/4)
         feats = feats.view(B, 8, *feats.shape[1:]).transpose(1, 2)  # (B, 64, 8, S/32, S/4, S/4)
         return feats.reshape(B, feats.shape[1], S // 4, S // 4, S // 4)
 
@@ -493,7 +502,8 @@ def train(cfg: Config, run_dir: PathLike, dataset: Dataset | None = None,
     Example:
         >>> from hagan import preset
         >>> from hagan.train import train
-        >>> result = train(preset("tiny32", iterations=20, data="work/demo"), "work/run")  # doctest: +SKIP
+        >>> cfg = preset("tiny32", iterations=20, data="work/demo")
+        >>> result = train(cfg, "work/run")  # doctest: +SKIP
     """
     return Trainer(cfg, run_dir, dataset=dataset, resume=resume).train()
 

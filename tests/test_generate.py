@@ -6,8 +6,15 @@ import pytest
 import torch
 
 from hagan.config import preset
-from hagan.generate import (interpolate, load_nifti, reconstruct, sample, save_nifti, slerp,
-                            volume_affine)
+from hagan.generate import (
+    interpolate,
+    load_nifti,
+    reconstruct,
+    sample,
+    save_nifti,
+    slerp,
+    volume_affine,
+)
 from hagan.models import Generator, build_models
 
 

@@ -113,12 +113,15 @@ def test_num_classes_one_is_rejected() -> None:
         preset("tiny32", num_classes=1)
 
 
-@pytest.mark.parametrize("layer", [
-    SNConv3d(8, 16, (2, 4, 4), 2, (0, 1, 1)),
-    SNLinear(40, 24),
-])
-def test_spectral_norm_converges_to_unit_sigma(layer: torch.nn.Module) -> None:
+@pytest.mark.parametrize("make_layer", [
+    lambda: SNConv3d(8, 16, (2, 4, 4), 2, (0, 1, 1)),
+    lambda: SNLinear(40, 24),
+], ids=["conv", "linear"])
+def test_spectral_norm_converges_to_unit_sigma(make_layer) -> None:
+    # Built after seeding: a layer built at import time took whatever state the global RNG had
+    # then, and one such draw (in one run of several test files) missed the 1e-3 tolerance.
     torch.manual_seed(0)
+    layer = make_layer()
     layer.train()
     weight = layer.weight.detach().reshape(layer.weight.shape[0], -1)
     sigma_true = torch.linalg.matrix_norm(weight, ord=2)

@@ -137,7 +137,8 @@ def test_short_cells_and_figures_from_viz(path):
         if cell.cell_type != "code":
             continue
         lines = [ln for ln in cell.source.splitlines() if ln.strip()]
-        assert len(lines) <= MAX_CODE_LINES, f"{path.name}: a {len(lines)}-line cell:\n{cell.source}"
+        assert len(lines) <= MAX_CODE_LINES, \
+            f"{path.name}: a {len(lines)}-line cell:\n{cell.source}"
         assert "matplotlib" not in cell.source and "plt." not in cell.source, (
             f"{path.name}: figures come from hagan.viz only")
 

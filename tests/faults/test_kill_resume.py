@@ -96,10 +96,11 @@ def kill_and_resume(tmp_path: Path, kinds: list[str], iterations: int, seed: int
             if kind == "write":
                 # let one new checkpoint complete, then kill as soon as the next one is being
                 # written (its temporary file exists, the final name does not yet)
-                ok = wait_for(proc, lambda: newest_step_fast(run) > resumed_from) and \
+                ok = wait_for(proc, lambda r=resumed_from: newest_step_fast(run) > r) and \
                     wait_for(proc, lambda: bool(temp_files(run)))
             else:
-                ok = wait_for(proc, lambda: max(logged_steps(run), default=0) > resumed_from)
+                ok = wait_for(proc,
+                              lambda r=resumed_from: max(logged_steps(run), default=0) > r)
                 time.sleep(rng.uniform(0.0, 1.0))
             assert ok and proc.poll() is None, \
                 f"the run ended before the kill: {proc.communicate()}"
@@ -133,7 +134,7 @@ def kill_and_resume(tmp_path: Path, kinds: list[str], iterations: int, seed: int
     assert proc.returncode == 0, (out, err)
     assert f"trained to iteration {iterations}" in out
     assert newest_step(run) == iterations
-    assert f"resuming from" in err  # the last run resumed instead of starting over
+    assert "resuming from" in err  # the last run resumed instead of starting over
     assert logged_steps(run) == list(range(1, iterations + 1))  # no step lost or repeated
     for path in ckpt.list_checkpoints(run):
         ckpt.load_checkpoint(path)
