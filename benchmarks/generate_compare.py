@@ -6,8 +6,8 @@
 imported, from that path, never copied). Each case runs in its own process so that its peak RSS
 is its own:
 
-* ``kit``          ``Generator.generate(z, chunk=16)``: sub-pixel convs, G^H slab-wise
-* ``kit-onepass``  ``Generator.generate(z)``: sub-pixel convs, G^H in one pass
+* ``kit``          ``Generator.generate(z, chunk=16)``: fused upsample + conv, G^H slab-wise
+* ``kit-onepass``  ``Generator.generate(z)``: fused upsample + conv, G^H in one pass
 * ``official``     the published ``Generator(mode="eval")(z)``
 * ``check``        published random weights -> ``hagan.official.load_official`` -> the kit:
                    max |published - kit| for one pass and chunked (fp32)

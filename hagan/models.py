@@ -88,6 +88,16 @@ class SNLinear(nn.Linear, SpectralNorm):
 # are sums of the 3 original taps: _PHASE_TAPS[p] @ (w0, w1, w2).
 _PHASE_TAPS = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]],  # p = 0: taps on (i-1, i)
                             [[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]]])  # p = 1: taps on (i, i+1)
+# The same map is a stride-2 transposed convolution with 4 taps (padding 1): input i reaches
+# outputs 2i-1+k, k = 0..3, so output 2i gets x[i-1] through tap 3 and x[i] through tap 1, and
+# output 2i+1 gets x[i] through tap 2 and x[i+1] through tap 0. Tap k = _TRANSPOSED_TAPS[k] @ w.
+_TRANSPOSED_TAPS = torch.tensor([[0.0, 0.0, 1.0],   # tap 0: w2        (output 2i+1, input i+1)
+                                 [0.0, 1.0, 1.0],   # tap 1: w1 + w2   (output 2i,   input i)
+                                 [1.0, 1.0, 0.0],   # tap 2: w0 + w1   (output 2i+1, input i)
+                                 [1.0, 0.0, 0.0]])  # tap 3: w0        (output 2i,   input i-1)
+# Below this many output channels the transposed form is slower on CPU (paper G^H's last conv,
+# 32 -> 1 channel: 23 ms vs 6 ms forward), so those layers keep the sub-pixel form.
+MIN_TRANSPOSED_CHANNELS = 8
 
 
 def phase_weights(weight: torch.Tensor) -> torch.Tensor:
@@ -99,24 +109,48 @@ def phase_weights(weight: torch.Tensor) -> torch.Tensor:
     return w.reshape(weight.shape[0] * 8, weight.shape[1], 2, 2, 2)
 
 
-class _AttachPhaseGrad(torch.autograd.Function):
-    """Passes precomputed phase kernels through; backward maps their gradient to the 3^3 weight
-    (the adjoint of :func:`phase_weights`, which is linear)."""
+def _phase_weights_adjoint(grad: torch.Tensor) -> torch.Tensor:
+    taps = _PHASE_TAPS.to(grad)
+    c_out, c_in = grad.shape[0] // 8, grad.shape[1]
+    g = grad.reshape(c_out, 2, 2, 2, c_in, 2, 2, 2)
+    return torch.einsum("pad,qbe,rcf,opqriabc->oidef", taps, taps, taps, g)
+
+
+def transposed_weights(weight: torch.Tensor) -> torch.Tensor:
+    """A 3^3 kernel as the kernel of a stride-2 transposed conv that includes the x2 nearest
+    upsampling: (C_out, C_in, 3, 3, 3) -> (C_in, C_out, 4, 4, 4)."""
+    taps = _TRANSPOSED_TAPS.to(weight)
+    return torch.einsum("kd,le,mf,oidef->ioklm", taps, taps, taps, weight).contiguous()
+
+
+def _transposed_weights_adjoint(grad: torch.Tensor) -> torch.Tensor:
+    taps = _TRANSPOSED_TAPS.to(grad)
+    return torch.einsum("kd,le,mf,ioklm->oidef", taps, taps, taps, grad)
+
+
+# form -> (transform of the 3^3 weight, adjoint of that linear transform)
+_WEIGHT_FORMS = {"phase": (phase_weights, _phase_weights_adjoint),
+                 "transposed": (transposed_weights, _transposed_weights_adjoint)}
+
+
+class _AttachWeightGrad(torch.autograd.Function):
+    """Passes precomputed transformed kernels through; backward maps their gradient to the 3^3
+    weight with the adjoint of the (linear) transform."""
 
     @staticmethod
-    def forward(ctx, weight: torch.Tensor, phased: torch.Tensor) -> torch.Tensor:  # noqa: ARG004
-        return phased.view_as(phased)
+    def forward(ctx, weight: torch.Tensor, transformed: torch.Tensor,  # noqa: ARG004
+                form: str) -> torch.Tensor:
+        ctx.form = form
+        return transformed.view_as(transformed)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # noqa: ARG004
-        taps = _PHASE_TAPS.to(grad)
-        c_out, c_in = grad.shape[0] // 8, grad.shape[1]
-        g = grad.reshape(c_out, 2, 2, 2, c_in, 2, 2, 2)
-        return torch.einsum("pad,qbe,rcf,opqriabc->oidef", taps, taps, taps, g), None
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        return _WEIGHT_FORMS[ctx.form][1](grad), None, None
 
 
 class PhaseWeightCache:
-    """Keeps :func:`phase_weights` of each 3^3 weight until that weight changes.
+    """Keeps the transformed kernels of each 3^3 weight (see :func:`upsample_conv3d`) until that
+    weight changes.
 
     The generator's training passes see the same weights several times: the D step's fake, the
     G step, and after G's update the E^H and E^G steps. Transforming a 512x512 trunk kernel
@@ -126,22 +160,22 @@ class PhaseWeightCache:
     optimizer steps and writes through ``.data`` leave the version counter alone in torch 2.13:
     whoever updates weights that way must call :meth:`clear` afterwards (the trainer does, after
     every G update). Entries carry no autograd graph: with gradients on,
-    :class:`_AttachPhaseGrad` routes them to the weight. Transforms run in the weight's own
+    :class:`_AttachWeightGrad` routes them to the weight. Transforms run in the weight's own
     precision, outside autocast.
     """
 
     def __init__(self) -> None:
-        self._entries: dict[int, tuple[tuple, torch.Tensor]] = {}
+        self._entries: dict[tuple[int, str], tuple[tuple, torch.Tensor]] = {}
 
-    def get(self, weight: torch.Tensor) -> torch.Tensor:
+    def get(self, weight: torch.Tensor, form: str = "phase") -> torch.Tensor:
         key = (weight.data_ptr(), weight._version, weight.dtype, weight.device, weight.shape)
-        entry = self._entries.get(id(weight))
+        entry = self._entries.get((id(weight), form))
         if entry is None or entry[0] != key:
             with torch.no_grad(), torch.autocast(weight.device.type, enabled=False):
-                entry = (key, phase_weights(weight))
-            self._entries[id(weight)] = entry
+                entry = (key, _WEIGHT_FORMS[form][0](weight))
+            self._entries[(id(weight), form)] = entry
         if torch.is_grad_enabled() and weight.requires_grad:
-            return _AttachPhaseGrad.apply(weight, entry[1])
+            return _AttachWeightGrad.apply(weight, entry[1], form)
         return entry[1]
 
     def clear(self) -> None:
@@ -151,12 +185,18 @@ class PhaseWeightCache:
 def upsample_conv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                     depth_halo: bool = False, out: torch.Tensor | None = None,
                     cache: PhaseWeightCache | None = None) -> torch.Tensor:
-    """``conv3d(interpolate(x, scale_factor=2, mode="nearest"), weight, bias, padding=1)``, exactly,
-    with 27/8 = 3.4x fewer multiply-adds and without building the upsampled input.
+    """``conv3d(interpolate(x, scale_factor=2, mode="nearest"), weight, bias, padding=1)``, exactly
+    (to rounding), with 27/8 = 3.4x fewer multiply-adds and without building the upsampled input.
 
-    The 8 output phases (p, q, r) of the upsampled grid are 2x2x2 convolutions of ``x`` whose taps
-    are sums of the 3x3x3 taps; one conv with 8x the output channels computes all of them, and
-    they are interleaved into the (2D, 2H, 2W) grid. Differentiable (used in training too).
+    Per axis, each output phase (even or odd voxel) reads only two original inputs, with taps that
+    are sums of the three 3^3 taps. Two equivalent ways to run that:
+
+    * ``C_out >= MIN_TRANSPOSED_CHANNELS``: one stride-2 transposed convolution with a 4^3 kernel
+      (:func:`transposed_weights`), which writes the interleaved (2D, 2H, 2W) grid directly.
+    * fewer output channels (G^H's last conv): one 2^3 convolution with 8x the output channels,
+      one per phase (:func:`phase_weights`), whose outputs are interleaved into the grid.
+
+    Differentiable (used in training too).
 
     Args:
         x: (B, C_in, D, H, W). With ``depth_halo=True``, its first and last depth slices are the
@@ -167,10 +207,15 @@ def upsample_conv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
         cache: Optional :class:`PhaseWeightCache` to reuse the transformed weight.
     """
     c_out = weight.shape[0]
+    form = "transposed" if c_out >= MIN_TRANSPOSED_CHANNELS else "phase"
     if cache is None or torch.compiler.is_compiling():
-        w = phase_weights(weight)
+        w = _WEIGHT_FORMS[form][0](weight)
     else:
-        w = cache.get(weight)
+        w = cache.get(weight, form)
+    if form == "transposed":
+        # depth_halo: padding 3 drops the two halo slices' own outputs (2 voxels each side)
+        y = F.conv_transpose3d(x, w, bias, stride=2, padding=(3 if depth_halo else 1, 1, 1))
+        return y if out is None else out.copy_(y)
     b = bias.repeat_interleave(8) if bias is not None else None
     depth_pad = 0 if depth_halo else 1
     if depth_pad and x.shape[2] == 1:
@@ -213,7 +258,7 @@ def _depth_window(x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
 class ConvBlock(nn.Module):
     """Conv3d -> GroupNorm(8) -> ReLU, optionally preceded by a x2 nearest upsampling.
 
-    The upsampling + 3^3 convolution pair runs as one sub-pixel convolution
+    The upsampling + 3^3 convolution pair runs as one stride-2 transposed convolution
     (:func:`upsample_conv3d`): the same function of the same weights, 3.4x cheaper.
     """
 
@@ -411,7 +456,7 @@ class Generator(nn.Module):
         return self.high_res_head(h_slab), low
 
     def cache_phase_weights(self, enabled: bool = True) -> None:
-        """Transform each sub-pixel weight once per change instead of once per pass (see
+        """Transform each upsampling conv's weight once per change instead of once per pass (see
         :class:`PhaseWeightCache`). Results are unchanged, but whoever updates the weights with
         a fused optimizer must call ``G.phase_cache.clear()`` after each step, as the trainer
         does."""

@@ -112,7 +112,8 @@ class Trainer:
             net.to(self.device, memory_format=memory_format)
         self.G, self.D, self.E, self.SubE = nets["G"], nets["D"], nets["E"], nets["SubE"]
         # G's weights change only in its optimizer step (and when a checkpoint loads), so the
-        # four G passes of an iteration can share their sub-pixel kernels; _update clears them.
+        # four G passes of an iteration can share their transformed upsampling kernels (see
+        # hagan.models.upsample_conv3d); _update clears them.
         self.G.cache_phase_weights()
 
         # Fused Adam: one pass over each tensor instead of one per arithmetic op, the same update

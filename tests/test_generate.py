@@ -80,19 +80,22 @@ def test_nifti_round_trip_affine_and_orientation(tmp_path):
     assert np.array_equal(load_nifti(path), vol)
 
 
-def test_subpixel_upsample_conv_equals_upsample_then_conv():
-    """The sub-pixel form used by G (forward and gradients) is the paper's upsample + conv."""
+@pytest.mark.parametrize("c_out", [7, 11])
+def test_subpixel_upsample_conv_equals_upsample_then_conv(c_out):
+    """Both forms used by G (sub-pixel below MIN_TRANSPOSED_CHANNELS output channels, transposed
+    from there on), forward and gradients, are the paper's upsample + conv."""
     import torch.nn.functional as F
 
-    from hagan.models import upsample_conv3d
+    from hagan.models import MIN_TRANSPOSED_CHANNELS, upsample_conv3d
 
     torch.manual_seed(0)
     x = torch.randn(2, 5, 3, 4, 6, requires_grad=True)
-    w = torch.randn(7, 5, 3, 3, 3, requires_grad=True)
-    b = torch.randn(7, requires_grad=True)
+    w = torch.randn(c_out, 5, 3, 3, 3, requires_grad=True)
+    b = torch.randn(c_out, requires_grad=True)
+    assert (c_out >= MIN_TRANSPOSED_CHANNELS) == (c_out == 11)
     ref = F.conv3d(F.interpolate(x, scale_factor=2, mode="nearest"), w, b, padding=1)
     out = upsample_conv3d(x, w, b)
-    assert out.shape == ref.shape == (2, 7, 6, 8, 12)
+    assert out.shape == ref.shape == (2, c_out, 6, 8, 12)
     torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-5)
     g = torch.randn_like(ref)
     for a, c in zip(torch.autograd.grad((ref * g).sum(), [x, w, b]),

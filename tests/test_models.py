@@ -160,16 +160,18 @@ def test_encoders_invert_the_generator_shapes() -> None:
         assert G.features(SubE(features)).shape == features.shape  # E^G then G^A
 
 
-def test_upsample_conv_bf16_weight_gradient_on_a_depth_1_input_is_sane():
+@pytest.mark.parametrize("c_out", [4, 8], ids=["sub-pixel form", "transposed form"])
+def test_upsample_conv_bf16_weight_gradient_on_a_depth_1_input_is_sane(c_out):
     """torch 2.13's CPU conv3d gave garbage bf16 weight gradients (1e34, NaN) for depth-1 inputs
-    with depth padding 1 (tiny32's slab features); ``upsample_conv3d`` pads by hand instead."""
+    with depth padding 1 (tiny32's slab features); ``upsample_conv3d`` pads by hand instead.
+    Both forms are checked: tiny32's G^H runs its 8-channel conv in the transposed form."""
     torch.manual_seed(0)
     for _ in range(5):
         junk = [torch.full((1 << 18,), 1e30) for _ in range(20)]  # dirty the allocator's memory
         del junk
         x = torch.randn(2, 8, 1, 8, 8)
-        w = torch.randn(4, 8, 3, 3, 3, requires_grad=True)
-        go = torch.randn(2, 4, 2, 16, 16)
+        w = torch.randn(c_out, 8, 3, 3, 3, requires_grad=True)
+        go = torch.randn(2, c_out, 2, 16, 16)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             y = upsample_conv3d(x, w, None)
         g_bf16, = torch.autograd.grad(y, w, go.bfloat16())
@@ -179,7 +181,7 @@ def test_upsample_conv_bf16_weight_gradient_on_a_depth_1_input_is_sane():
 
 
 def test_phase_weight_cache_gives_the_same_outputs_and_gradients_and_follows_updates() -> None:
-    """The cached sub-pixel kernels must not change what G computes or how it learns, and must
+    """The cached transformed kernels must not change what G computes or how it learns, and must
     be dropped when the weights change (in-place op: by version; fused Adam: by clear())."""
     torch.manual_seed(0)
     G = build_models(preset("tiny32"))["G"]

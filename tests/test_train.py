@@ -248,7 +248,7 @@ def test_ddp_two_processes_keep_replicas_identical(tmp_path):
 
 
 def test_cached_phase_weights_and_fused_adam_train_like_the_plain_step(data, tmp_path):
-    """The trainer's speed-ups (G's sub-pixel kernels computed once per update, fused Adam) give
+    """The trainer's speed-ups (G's upsampling kernels transformed once per update, fused Adam) give
     the same iteration as recomputing the kernels in every pass with for-each Adam: the same
     losses and the same gradients for all four networks, including E^H and E^G, which run after
     G's update and so would see stale kernels if the cache were not cleared."""
