@@ -148,7 +148,7 @@ class _AttachWeightGrad(torch.autograd.Function):
         return _WEIGHT_FORMS[ctx.form][1](grad), None, None
 
 
-class PhaseWeightCache:
+class UpsampleKernelCache:
     """Keeps the transformed kernels of each 3^3 weight (see :func:`upsample_conv3d`) until that
     weight changes.
 
@@ -167,7 +167,7 @@ class PhaseWeightCache:
     def __init__(self) -> None:
         self._entries: dict[tuple[int, str], tuple[tuple, torch.Tensor]] = {}
 
-    def get(self, weight: torch.Tensor, form: str = "phase") -> torch.Tensor:
+    def get(self, weight: torch.Tensor, form: str) -> torch.Tensor:
         key = (weight.data_ptr(), weight._version, weight.dtype, weight.device, weight.shape)
         entry = self._entries.get((id(weight), form))
         if entry is None or entry[0] != key:
@@ -184,7 +184,7 @@ class PhaseWeightCache:
 
 def upsample_conv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                     depth_halo: bool = False, out: torch.Tensor | None = None,
-                    cache: PhaseWeightCache | None = None) -> torch.Tensor:
+                    cache: UpsampleKernelCache | None = None) -> torch.Tensor:
     """``conv3d(interpolate(x, scale_factor=2, mode="nearest"), weight, bias, padding=1)``, exactly
     (to rounding), with 27/8 = 3.4x fewer multiply-adds and without building the upsampled input.
 
@@ -204,7 +204,7 @@ def upsample_conv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
             only the D - 2 inner slices: (B, C_out, 2(D-2), 2H, 2W). This is how G^H runs slab-wise.
         weight: (C_out, C_in, 3, 3, 3); bias: (C_out,) or None.
         out: Optional destination (inference only), e.g. a depth range of a larger volume.
-        cache: Optional :class:`PhaseWeightCache` to reuse the transformed weight.
+        cache: Optional :class:`UpsampleKernelCache` to reuse the transformed weight.
     """
     c_out = weight.shape[0]
     form = "transposed" if c_out >= MIN_TRANSPOSED_CHANNELS else "phase"
@@ -268,11 +268,11 @@ class ConvBlock(nn.Module):
         self.upsample = upsample
         self.conv = nn.Conv3d(c_in, c_out, kernel, stride, padding)
         self.norm = nn.GroupNorm(NORM_GROUPS, c_out)
-        self.phase_cache: PhaseWeightCache | None = None  # see Generator.cache_phase_weights
+        self.kernel_cache: UpsampleKernelCache | None = None  # see Generator.cache_upsample_kernels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.upsample and self.conv.kernel_size == (3, 3, 3):
-            x = upsample_conv3d(x, self.conv.weight, self.conv.bias, cache=self.phase_cache)
+            x = upsample_conv3d(x, self.conv.weight, self.conv.bias, cache=self.kernel_cache)
         else:
             if self.upsample:
                 x = F.interpolate(x, scale_factor=2, mode="nearest")
@@ -364,14 +364,14 @@ class HighResHead(nn.Module):
         c_feat, c_mid = cfg.channels(64), cfg.channels(32)
         self.block = ConvBlock(c_feat, c_mid, upsample=True)
         self.out = nn.Conv3d(c_mid, 1, 3, 1, 1)
-        self.phase_cache: PhaseWeightCache | None = None  # see Generator.cache_phase_weights
+        self.kernel_cache: UpsampleKernelCache | None = None  # see Generator.cache_upsample_kernels
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         h = self.block(h)  # (B, 32, 2d, S/2, S/2)
         # x2 nearest upsampling + conv as one sub-pixel conv:
         # (B, 32, 2d, S/2, S/2) -> (B, 1, 4d, S, S)
         return torch.tanh(upsample_conv3d(h, self.out.weight, self.out.bias,
-                                          cache=self.phase_cache))
+                                          cache=self.kernel_cache))
 
     @torch.no_grad()
     def forward_chunked(self, h: torch.Tensor, chunk: int = 16) -> torch.Tensor:
@@ -435,7 +435,7 @@ class Generator(nn.Module):
         self.trunk = Trunk(cfg)
         self.low_res_head = LowResHead(cfg)
         self.high_res_head = HighResHead(cfg)
-        self.phase_cache: PhaseWeightCache | None = None  # see cache_phase_weights
+        self.kernel_cache: UpsampleKernelCache | None = None  # see cache_upsample_kernels
 
     def features(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Trunk only: z (B, latent_dim) -> features (B, 64, S/4, S/4, S/4)."""
@@ -455,16 +455,16 @@ class Generator(nn.Module):
         h_slab = h[:, :, start:start + self.feature_slab_depth]  # (B, 64, S/32, S/4, S/4)
         return self.high_res_head(h_slab), low
 
-    def cache_phase_weights(self, enabled: bool = True) -> None:
+    def cache_upsample_kernels(self, enabled: bool = True) -> None:
         """Transform each upsampling conv's weight once per change instead of once per pass (see
-        :class:`PhaseWeightCache`). Results are unchanged, but whoever updates the weights with
-        a fused optimizer must call ``G.phase_cache.clear()`` after each step, as the trainer
+        :class:`UpsampleKernelCache`). Results are unchanged, but whoever updates the weights with
+        a fused optimizer must call ``G.kernel_cache.clear()`` after each step, as the trainer
         does."""
-        cache = PhaseWeightCache() if enabled else None
-        self.phase_cache = cache
+        cache = UpsampleKernelCache() if enabled else None
+        self.kernel_cache = cache
         for m in self.modules():
             if isinstance(m, (ConvBlock, HighResHead)):
-                m.phase_cache = cache
+                m.kernel_cache = cache
 
     def decode_slab(self, features: torch.Tensor) -> torch.Tensor:
         """G^H alone: features (B, 64, d, S/4, S/4) -> image (B, 1, 4d, S, S)."""

@@ -114,7 +114,7 @@ class Trainer:
         # G's weights change only in its optimizer step (and when a checkpoint loads), so the
         # four G passes of an iteration can share their transformed upsampling kernels (see
         # hagan.models.upsample_conv3d); _update clears them.
-        self.G.cache_phase_weights()
+        self.G.cache_upsample_kernels()
 
         # Fused Adam: one pass over each tensor instead of one per arithmetic op, the same update
         # to rounding (paper128 on 2 CPU cores: G's step 142 -> 30 ms). Kernels: CUDA and CPU.
@@ -253,8 +253,8 @@ class Trainer:
         self.scaler.scale(loss).backward()
         self.scaler.step(opt)
         self.scaler.update()
-        if name == "G" and self.G.phase_cache is not None:
-            self.G.phase_cache.clear()  # fused Adam does not bump the weights' version counters
+        if name == "G" and self.G.kernel_cache is not None:
+            self.G.kernel_cache.clear()  # fused Adam does not bump the weights' version counters
         opt.zero_grad(set_to_none=True)  # free the gradients now: the next phases need the memory
 
     # --- the loop -------------------------------------------------------------------------------

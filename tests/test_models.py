@@ -180,7 +180,7 @@ def test_upsample_conv_bf16_weight_gradient_on_a_depth_1_input_is_sane(c_out):
         assert (g_bf16 - g_fp32).abs().max() < 0.05 * g_fp32.abs().max()
 
 
-def test_phase_weight_cache_gives_the_same_outputs_and_gradients_and_follows_updates() -> None:
+def test_upsample_kernel_cache_gives_the_same_outputs_and_gradients_and_follows_updates() -> None:
     """The cached transformed kernels must not change what G computes or how it learns, and must
     be dropped when the weights change (in-place op: by version; fused Adam: by clear())."""
     torch.manual_seed(0)
@@ -196,7 +196,7 @@ def test_phase_weight_cache_gives_the_same_outputs_and_gradients_and_follows_upd
         return slab.detach(), [p.grad.clone() for p in G.parameters()]
 
     plain, plain_grads = pass_and_grads()
-    G.cache_phase_weights()
+    G.cache_upsample_kernels()
     cached, cached_grads = pass_and_grads()
     assert torch.equal(plain, cached)
     for a, b in zip(plain_grads, cached_grads):
@@ -204,12 +204,12 @@ def test_phase_weight_cache_gives_the_same_outputs_and_gradients_and_follows_upd
 
     opt = torch.optim.Adam(G.parameters(), lr=1e-2, fused=True)
     opt.step()  # torch 2.13's fused Adam leaves the version counters alone ...
-    G.phase_cache.clear()  # ... so the updater clears the cache, as Trainer._update does
+    G.kernel_cache.clear()  # ... so the updater clears the cache, as Trainer._update does
     after_step, _ = pass_and_grads()
     with torch.no_grad():
         G.trunk.blocks[1].conv.weight.mul_(0.5)  # a versioned in-place change needs no clear()
     after_inplace, _ = pass_and_grads()
-    G.cache_phase_weights(False)
+    G.cache_upsample_kernels(False)
     with torch.no_grad():
         G.trunk.blocks[1].conv.weight.mul_(2.0)
     ref_step, _ = pass_and_grads()

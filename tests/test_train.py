@@ -247,7 +247,7 @@ def test_ddp_two_processes_keep_replicas_identical(tmp_path):
     assert ckpt.latest_checkpoint(out)[1]["step"] == 3
 
 
-def test_cached_phase_weights_and_fused_adam_train_like_the_plain_step(data, tmp_path):
+def test_cached_upsample_kernels_and_fused_adam_train_like_the_plain_step(data, tmp_path):
     """The trainer's speed-ups (G's upsampling kernels transformed once per update, fused Adam) give
     the same iteration as recomputing the kernels in every pass with for-each Adam: the same
     losses and the same gradients for all four networks, including E^H and E^G, which run after
@@ -255,8 +255,8 @@ def test_cached_phase_weights_and_fused_adam_train_like_the_plain_step(data, tmp
     x = torch.rand(2, 1, 32, 32, 32) * 2 - 1
     fast = Trainer(tiny(data), tmp_path / "fast", resume=False)
     plain = Trainer(tiny(data), tmp_path / "plain", resume=False)
-    assert fast.G.phase_cache is not None and fast.opt["G"].param_groups[0]["fused"]
-    plain.G.cache_phase_weights(False)
+    assert fast.G.kernel_cache is not None and fast.opt["G"].param_groups[0]["fused"]
+    plain.G.cache_upsample_kernels(False)
     grads = {}
     for tr in (fast, plain):
         grads[tr] = {}
