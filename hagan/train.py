@@ -113,7 +113,7 @@ class Trainer:
         self.G, self.D, self.E, self.SubE = nets["G"], nets["D"], nets["E"], nets["SubE"]
         # G's weights change only in its optimizer step (and when a checkpoint loads), so the
         # four G passes of an iteration can share their transformed upsampling kernels (see
-        # hagan.models.upsample_conv3d); _update clears them.
+        # hagan.models.upsample_conv3d); a hook on G's optimizer clears them (below).
         self.G.cache_upsample_kernels()
 
         # Fused Adam: one pass over each tensor instead of one per arithmetic op, the same update
@@ -126,6 +126,8 @@ class Trainer:
             "E": torch.optim.Adam(self.E.parameters(), lr=cfg.lr_e, **adam),
             "SubE": torch.optim.Adam(self.SubE.parameters(), lr=cfg.lr_e, **adam),
         }
+        # fused Adam does not bump the weights' version counters: drop G's cached kernels here
+        self.opt["G"].register_step_post_hook(self._drop_cached_kernels)
         # GradScaler only for fp16; a no-op otherwise (nanoGPT's pattern).
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
         # Latent draws and slab positions come from this generator, seeded per rank.
@@ -247,14 +249,17 @@ class Trainer:
         feats = feats.view(B, 8, *feats.shape[1:]).transpose(1, 2)  # (B, 64, 8, S/32, S/4, S/4)
         return feats.reshape(B, feats.shape[1], S // 4, S // 4, S // 4)
 
+    def _drop_cached_kernels(self, *_) -> None:
+        """Optimizer step hook of G: its weights changed, so its cached kernels are stale."""
+        if self.G.kernel_cache is not None:
+            self.G.kernel_cache.clear()
+
     def _update(self, name: str, loss: torch.Tensor) -> None:
         opt = self.opt[name]
         opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(opt)
         self.scaler.update()
-        if name == "G" and self.G.kernel_cache is not None:
-            self.G.kernel_cache.clear()  # fused Adam does not bump the weights' version counters
         opt.zero_grad(set_to_none=True)  # free the gradients now: the next phases need the memory
 
     # --- the loop -------------------------------------------------------------------------------

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import runpy
-import sys
 
 import pytest
 from helpers import REPO
@@ -40,23 +39,12 @@ def test_train_step_exposes_its_trainer(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def _profile(argv, capsys):
-    sys_argv = sys.argv
-    sys.argv = ["profile_step.py", *argv]
-    try:
-        with pytest.raises(SystemExit) as done:
-            runpy.run_path(str(REPO / "benchmarks" / "profile_step.py"), run_name="__main__")
-    finally:
-        sys.argv = sys_argv
-    out = capsys.readouterr()
-    return done.value.code, out
-
-
 def test_profile_step_splits_the_iteration_into_phases_and_lists_operators(tmp_path, capsys):
+    profile_main = runpy.run_path(str(REPO / "benchmarks" / "profile_step.py"))["main"]
     trace = tmp_path / "trace.json"
-    code, out = _profile(["--preset", "tiny32", "--batch", "1", "--iters", "2", "--top", "5",
-                          "--trace", str(trace)], capsys)
-    assert code == 0
+    assert profile_main(["--preset", "tiny32", "--batch", "1", "--iters", "2", "--top", "5",
+                         "--trace", str(trace)]) == 0
+    out = capsys.readouterr()
     lines = [json.loads(line) for line in out.out.splitlines() if line.startswith("{")]
     phases = [r for r in lines if "phase" in r]
     assert [r["phase"] for r in phases] == ["D", "G", "E", "SubE"]
@@ -68,5 +56,7 @@ def test_profile_step_splits_the_iteration_into_phases_and_lists_operators(tmp_p
     assert trace.stat().st_size > 1000 and json.loads(trace.read_text())["traceEvents"]
 
     before = trace.read_bytes()
-    code, out = _profile(["--preset", "tiny32", "--trace", str(trace)], capsys)
-    assert code == 2 and "exists" in out.err and trace.read_bytes() == before
+    with pytest.raises(SystemExit) as refused:
+        profile_main(["--preset", "tiny32", "--trace", str(trace)])
+    assert refused.value.code == 2 and "exists" in capsys.readouterr().err
+    assert trace.read_bytes() == before

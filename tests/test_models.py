@@ -204,7 +204,7 @@ def test_upsample_kernel_cache_gives_the_same_outputs_and_gradients_and_follows_
 
     opt = torch.optim.Adam(G.parameters(), lr=1e-2, fused=True)
     opt.step()  # torch 2.13's fused Adam leaves the version counters alone ...
-    G.kernel_cache.clear()  # ... so the updater clears the cache, as Trainer._update does
+    G.kernel_cache.clear()  # ... so the updater clears the cache, as the Trainer's hook does
     after_step, _ = pass_and_grads()
     with torch.no_grad():
         G.trunk.blocks[1].conv.weight.mul_(0.5)  # a versioned in-place change needs no clear()

@@ -247,30 +247,52 @@ def test_ddp_two_processes_keep_replicas_identical(tmp_path):
     assert ckpt.latest_checkpoint(out)[1]["step"] == 3
 
 
-def test_cached_upsample_kernels_and_fused_adam_train_like_the_plain_step(data, tmp_path):
-    """The trainer's speed-ups (G's upsampling kernels transformed once per update, fused Adam) give
-    the same iteration as recomputing the kernels in every pass with for-each Adam: the same
-    losses and the same gradients for all four networks, including E^H and E^G, which run after
-    G's update and so would see stale kernels if the cache were not cleared."""
+def test_cached_upsample_kernels_give_the_plain_iteration(data, tmp_path):
+    """G's upsampling kernels, transformed once per update, give the same iteration as
+    transforming them in every pass: the same losses and the same gradients for all four
+    networks. That includes E^H and E^G, which run after G's update and so would see stale
+    kernels if the cache were not cleared (fused Adam does not bump version counters)."""
+    torch.manual_seed(0)
     x = torch.rand(2, 1, 32, 32, 32) * 2 - 1
-    fast = Trainer(tiny(data), tmp_path / "fast", resume=False)
+    cached = Trainer(tiny(data), tmp_path / "cached", resume=False)
     plain = Trainer(tiny(data), tmp_path / "plain", resume=False)
-    assert fast.G.kernel_cache is not None and fast.opt["G"].param_groups[0]["fused"]
+    assert cached.G.kernel_cache is not None
     plain.G.cache_upsample_kernels(False)
     grads = {}
-    for tr in (fast, plain):
+    for tr in (cached, plain):
         grads[tr] = {}
         for name, opt in tr.opt.items():
-            if tr is plain:
-                for group in opt.param_groups:
-                    group.update(fused=False, foreach=True)
-
             def record(o, args, kwargs, name=name, store=grads[tr]):  # noqa: ARG001
                 store[name] = [p.grad.clone() for g in o.param_groups for p in g["params"]]
             opt.register_step_pre_hook(record)
-    a, b = fast.step(x), plain.step(x)
+    a, b = cached.step(x), plain.step(x)
     for k in a:
         assert abs(a[k].item() - b[k].item()) < 1e-6, (k, a[k].item(), b[k].item())
     for name in ("D", "G", "E", "SubE"):
-        for g_fast, g_plain in zip(grads[fast][name], grads[plain][name], strict=True):
-            torch.testing.assert_close(g_fast, g_plain, rtol=1e-4, atol=1e-6)
+        for g_cached, g_plain in zip(grads[cached][name], grads[plain][name], strict=True):
+            torch.testing.assert_close(g_cached, g_plain, rtol=1e-4, atol=1e-6)
+
+
+def test_trainer_uses_fused_adam_and_it_updates_like_for_each_adam(data, tmp_path):
+    """Fused Adam (the trainer's choice on CPU and CUDA) makes the same updates as the for-each
+    implementation, given the same gradients. A whole-iteration comparison is no good here.
+    With beta1 = 0 the first Adam step is lr * g / (|g| + 1e-8). Weights whose gradient is
+    rounding noise (conv biases before GroupNorm) move by a random fraction of lr, and the later
+    phases amplify that (about 1 % in E^G's gradients)."""
+    tr = Trainer(tiny(data), tmp_path / "run", resume=False)
+    assert all(g["fused"] for opt in tr.opt.values() for g in opt.param_groups)
+    torch.manual_seed(0)
+    params = {kind: [p.detach().clone().requires_grad_(True) for p in tr.G.parameters()]
+              for kind in ("fused", "foreach")}
+    opts = {kind: torch.optim.Adam(params[kind], lr=tr.cfg.lr_g,
+                                   betas=(tr.cfg.beta1, tr.cfg.beta2),
+                                   fused=kind == "fused", foreach=kind == "foreach" or None)
+            for kind in params}
+    for _ in range(3):
+        grads = [torch.randn_like(p) for p in params["fused"]]
+        for kind, opt in opts.items():
+            for p, g in zip(params[kind], grads):
+                p.grad = g.clone()
+            opt.step()
+    for p, q in zip(params["fused"], params["foreach"], strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-6)
