@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from .config import Config, PathLike, from_dict
+from .errors import CheckpointError
 from .models import build_models
 
 logger = logging.getLogger(__name__)
@@ -33,10 +34,6 @@ FORMAT_VERSION = 1
 KIND = "hagan-kit checkpoint"
 CHECKPOINT_DIR = "checkpoints"
 _NAME = re.compile(r"^ckpt_(\d{8})\.pt$")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, truncated, foreign or unsafe; the message says which."""
 
 
 def checkpoint_path(run_dir: PathLike, step: int) -> Path:

@@ -13,6 +13,8 @@ import importlib
 import logging
 import sys
 
+from .errors import HaganError
+
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo-data": ("hagan.demo", "build the offline demo cohort (MNI152 template + TorchIO)"),
@@ -24,18 +26,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
                         "convert published HA-GAN .pth files to a kit checkpoint"),
     "bench": ("hagan.bench", "time and measure one training iteration or generation"),
 }
-
-
-class UserError(Exception):
-    """An error caused by the user's input; the CLI prints its message without a traceback."""
-
-
-def _user_error_types() -> tuple[type[BaseException], ...]:
-    from .checkpoint import CheckpointError
-    from .data import DataError
-
-    return (UserError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
-            PermissionError, DataError, CheckpointError, KeyError)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -85,10 +75,13 @@ def main(argv: list[str] | None = None) -> int:
     mod = importlib.import_module(args._module)
     try:
         return int(mod.main(args) or 0)
-    except _user_error_types() as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"hagan {args.command}: error: {message}", file=sys.stderr)
+    except HaganError as exc:
+        print(f"hagan {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # disk full, read-only folder, missing file: name the path and cause
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"hagan {args.command}: error:{where}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"hagan {args.command}: interrupted", file=sys.stderr)
         return 130

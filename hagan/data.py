@@ -29,14 +29,11 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from .config import PathLike
+from .errors import DataError
 
 logger = logging.getLogger(__name__)
 
 MANIFEST_COLUMNS = ("file", "label", "source", "original_shape", "original_spacing")
-
-
-class DataError(ValueError):
-    """A dataset folder or file is missing or malformed; the message says how to fix it."""
 
 
 @dataclass

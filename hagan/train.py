@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from .errors import RunError
 from . import checkpoint as ckpt
 from .config import Config, PathLike, from_dict, parse_overrides, preset, save_json
 from .data import InfiniteSampler, PreparedDataset
@@ -59,7 +60,7 @@ class TrainingInterrupted(Exception):
                          f"checkpoint saved to {path}")
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(RunError):
     """A loss became NaN or infinite; training stopped without saving the broken state."""
 
 
