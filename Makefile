@@ -1,4 +1,6 @@
 # hagan-kit: `make demo` runs the main job, `make test` the test suite. Both set up .venv first.
+# `make setup` alone installs the kit with its dev and notebooks extras (jupyterlab included):
+#   .venv/bin/jupyter lab notebooks/
 PYTHON ?= python3
 VENV ?= .venv
 # torch is installed only when the venv cannot import it; ask for a CUDA build with e.g.
@@ -16,7 +18,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install $(TORCH_SPEC)
-	$(BIN)/python -m pip install -e ".[dev]"
+	$(BIN)/python -m pip install -e ".[dev,notebooks]"
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
 
@@ -30,8 +32,9 @@ test-fast: setup
 	$(BIN)/python -m pytest -m "not slow"
 
 lint: setup
-	$(BIN)/python -m pip install -q ruff
+	$(BIN)/python -m pip install -q ruff mypy
 	$(BIN)/ruff check hagan tests benchmarks data_scripts
+	$(BIN)/python -m mypy hagan
 
 clean:
 	rm -rf $(VENV) outputs build

@@ -16,12 +16,12 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 python3 -c "import torch; print({'torch': torch.__version__, 'cuda': torch.version.cuda})" | log
 python3 -m pytest tests/test_gpu.py -m gpu -q -p no:cacheprovider 2>&1 | tail -15 | log
 cmp() { python3 benchmarks/train_compare.py --device cuda --official "$OFFICIAL" "$@" | log; }
-cmp --size 256 --batch 4 --iters 10 --warmup 3 --cases official kit kit-bf16 kit-bf16-cl
-cmp --size 256 --batch 2 --iters 5 --warmup 2 --cases official kit kit-bf16 kit-bf16-cl
-gen() { python3 -m hagan bench --mode generate --preset paper256 --device cuda --iters 5 "$@" | log; }
+cmp --size 256 --batch-size 4 --iters 10 --warmup 3 --cases official kit kit-bf16 kit-bf16-cl
+cmp --size 256 --batch-size 2 --iters 5 --warmup 2 --cases official kit kit-bf16 kit-bf16-cl
+gen() { python3 -m hagan bench --mode generate --preset paper256 --device cuda --iters 5 --json "$@" | log; }
 gen --precision fp32 --chunk 0
 gen --precision fp32
 gen --precision bf16
-python3 benchmarks/profile_step.py --preset paper256 --batch 4 --device cuda --precision bf16 \
+python3 benchmarks/profile_step.py --preset paper256 --batch-size 4 --device cuda --precision bf16 \
     --iters 5 --warmup 3 --top 30 --trace "$OUT/profile_paper256_b4_bf16_$(date +%s).json" | log
-cmp --size 256 --batch 4 --iters 10 --warmup 3 --cases kit-bf16-cl-compile
+cmp --size 256 --batch-size 4 --iters 10 --warmup 3 --cases kit-bf16-cl-compile

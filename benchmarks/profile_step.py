@@ -1,7 +1,8 @@
 """Where one training iteration spends its time: per phase (D, G, E^H, E^G) and per operator.
 
-    python benchmarks/profile_step.py --preset paper128 --batch 2                 # CPU
-    python benchmarks/profile_step.py --preset paper256 --batch 4 --device cuda --precision bf16
+    python benchmarks/profile_step.py --preset paper128 --batch-size 2 --device cpu
+    python benchmarks/profile_step.py --preset paper256 --batch-size 4 --device cuda \
+        --precision bf16
 
 Runs ``Trainer.step`` (through ``hagan.bench.train_step``, so exactly what training runs) on
 fixed random volumes: ``--warmup`` untimed iterations, then ``--iters`` timed ones split into the
@@ -27,6 +28,7 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hagan.bench import train_step  # noqa: E402
+from hagan.config import PRECISIONS  # noqa: E402
 
 PHASES = ("D", "G", "E", "SubE")
 
@@ -62,9 +64,9 @@ def phase_times(step, trainer, device: torch.device, iters: int) -> dict[str, li
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--preset", default="paper128")
-    p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS)
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--iters", type=int, default=3, help="timed iterations for the phase split")
     p.add_argument("--warmup", type=int, default=1)
@@ -75,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--trace {args.trace} exists; pick a new file name (nothing is overwritten)")
 
     with tempfile.TemporaryDirectory() as tmp:
-        step, device = train_step(args.preset, args.batch, tmp, args.device, args.precision,
+        step, device = train_step(args.preset, args.batch_size, tmp, args.device, args.precision,
                                   args.channels_last)
         trainer = step.trainer
         for _ in range(args.warmup):

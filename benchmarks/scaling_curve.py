@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from hagan import teaching, viz
+from hagan import scaling, viz
 
 
 def main() -> int:
@@ -31,8 +31,8 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--out", default="benchmarks", help="folder for the PNG and JSON")
     args = p.parse_args()
-    records = teaching.compare_steps(args.sizes, width=args.width, device=args.device,
-                                     repeats=args.repeats)
+    records = scaling.compare_steps(args.sizes, width=args.width, device=args.device,
+                                    repeats=args.repeats)
     where = (torch.cuda.get_device_name() if args.device.startswith("cuda")
              else f"{platform.processor() or platform.machine()}, "
                   f"{torch.get_num_threads()} threads")

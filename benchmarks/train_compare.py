@@ -1,7 +1,7 @@
 """One HA-GAN training iteration: the kit against the published code, in the same run.
 
-    python benchmarks/train_compare.py --size 128 --batch 2 --official /path/to/HA-GAN
-    python benchmarks/train_compare.py --size 256 --batch 4 --device cuda \
+    python benchmarks/train_compare.py --size 128 --batch-size 2 --official /path/to/HA-GAN
+    python benchmarks/train_compare.py --size 256 --batch-size 4 --device cuda \
         --official /path/to/HA-GAN --cases official kit kit-bf16 kit-bf16-cl
 
 ``--official`` is a clone of https://github.com/batmanlab/HA-GAN: only its ``models/`` folder is
@@ -33,7 +33,10 @@ KIT_CASES = {  # case -> (precision, channels_last, compile)
     "kit-compile": ("fp32", False, True),
     "kit-bf16-compile": ("bf16", False, True),
     "kit-nommap": ("fp32", False, False),  # run with MALLOC_MMAP_MAX_=0 (see CASE_ENV)
+    "kit-batched-d": ("fp32", False, False),  # Config batched_d_step=True (see CASE_CONFIG)
 }
+# Config fields a case changes on top of the preset (options that deviate from the published step)
+CASE_CONFIG = {"kit-batched-d": {"batched_d_step": True}}
 
 
 def _published_step(official: str, size: int, batch: int, device):
@@ -115,6 +118,8 @@ def _kit_step(case: str, size: int, batch: int, device):
     precision, channels_last, compile_ = KIT_CASES[case]
     step, _ = train_step(f"paper{size}", batch, tempfile.mkdtemp(), str(device), precision,
                          channels_last, compile_)
+    if case in CASE_CONFIG:  # Trainer.step reads these fields on every call
+        step.trainer.cfg = step.trainer.cfg.replace(**CASE_CONFIG[case])
     return step
 
 
@@ -146,7 +151,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", type=int, choices=(128, 256), default=128)
-    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--device", default="cpu")
     p.add_argument("--official", help="path to a clone of batmanlab/HA-GAN")
     p.add_argument("--cases", nargs="+", default=["official", "kit"],
@@ -158,7 +163,7 @@ def main() -> int:
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one case in this process
     args = p.parse_args()
     if args.one:
-        print(json.dumps(run_case(args.one, args.size, args.batch, args.device, args.official,
+        print(json.dumps(run_case(args.one, args.size, args.batch_size, args.device, args.official,
                                   args.iters, args.warmup)))
         return 0
     if "official" in args.cases and not args.official:
@@ -171,7 +176,7 @@ def main() -> int:
         base = None
         for case in args.cases:
             cmd = [sys.executable, __file__, "--one", case, "--size", str(args.size),
-                   "--batch", str(args.batch), "--device", args.device, "--iters",
+                   "--batch-size", str(args.batch_size), "--device", args.device, "--iters",
                    str(args.iters), "--warmup", str(args.warmup)] + (
                        ["--official", args.official] if args.official else [])
             env = {**os.environ, **CASE_ENV.get(case, {})}

@@ -1,9 +1,13 @@
 """The ``hagan`` command: a thin layer over the package.
 
-Subcommands: demo-data, preprocess, train, generate, evaluate, import-official, bench.
+Subcommands: demo-data, preprocess, train, generate, evaluate, import-official, export, bench.
 Each subcommand lives in the module that does the work, which provides two functions:
 ``add_arguments(parser)`` and ``main(args) -> int``. Errors a user can cause (missing data, a
 wrong size, an unknown preset or key, a bad checkpoint) print one line and exit non-zero.
+
+One flag style for every subcommand: the output is ``--out``, a count is ``--n``, a batch size
+``--batch-size``, a device ``--device`` (default ``auto``), a precision ``--precision`` (one of
+``hagan.config.PRECISIONS``); every option has help text. ``tests/test_cli.py`` checks this.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import argparse
 import importlib
 import logging
 import sys
+from typing import NoReturn
 
 from .errors import HaganError
 
@@ -23,7 +28,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("hagan.generate", "sample full-resolution volumes and write NIfTI files"),
     "evaluate": ("hagan.metrics", "FID, MMD, MS-SSIM and memorisation report for a checkpoint"),
     "import-official": ("hagan.official",
-                        "convert published HA-GAN .pth files to a kit checkpoint"),
+                        "convert published HA-GAN .pth files to a kit weights file "
+                        "(safetensors)"),
+    "export": ("hagan.weights", "write a run's networks and config as one safetensors file"),
     "bench": ("hagan.bench", "time and measure one training iteration or generation"),
 }
 
@@ -31,8 +38,20 @@ COMMANDS: dict[str, tuple[str, str]] = {
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line on stderr (exit code 2), like every other error."""
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _version() -> str:
+    """The installed hagan-kit version (package metadata), or the source tree's."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("hagan-kit")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        from . import __version__
+
+        return __version__
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -43,9 +62,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         description="HA-GAN for 3D medical images: data, training, generation, evaluation.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         if name != command:
             continue
         try:

@@ -12,13 +12,17 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import difflib
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# --- shared type aliases and named constants (see STYLE.md, "TorchIO" section) ----------------
+from .errors import ConfigError, explain
+
+# --- shared type aliases and named constants --------------------------------------------------
 PathLike = str | os.PathLike
 Shape3D = tuple[int, int, int]
 
@@ -28,8 +32,9 @@ ALLOWED_SIZES = tuple(2**k for k in range(5, 9))  # 32, 64, 128, 256
 TRUNK_START = 4  # the trunk's fc layer reshapes z into a 4^3 grid (official code, fc1)
 FEATURE_STRIDE = 4  # trunk features live at 1/4 of the image resolution
 SLAB_FRACTION = 8  # a training slab is 1/8 of the volume depth
-PRECISIONS = ("fp32", "bf16", "fp16")
-DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "bf16", "fp16")  # the one list: Config, runtime and every --precision
+DEVICES = ("auto", "cpu", "cuda")  # plus "cuda:N" for the N-th GPU
+_DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
 @dataclass
@@ -50,20 +55,44 @@ class Config:
         align_slabs: Draw slab starts that are multiples of 4 so that the real slab and the
             generated slab cover the same voxels. The published code does not (it crops the real
             volume at ``c`` but the features at ``c // 4``, up to 3 voxels apart): False keeps that.
+        g_iter: Generator updates per iteration, each with a fresh z and the same slab start
+            (published ``--g-iter``, default 1).
+        batched_d_step: Send real and fake through D in one forward pass in the D step. A
+            deviation, off by default: D is spectrally normalised and each training-mode forward
+            runs one power iteration, so the published step (two passes, real then fake) updates
+            sigma twice and uses a different sigma for each; batched, both share one. Faster
+            (see benchmarks/RESULTS.md), not the published numerics.
+        low_res_critic: Judge the low-resolution whole image with D^L (the paper). False is the
+            ablation of notebook 03's exercise: D = D^H / 2 judges slabs only, G^L gets no
+            gradient from D and nothing ties the slabs of a volume together.
         data: Folder of a prepared dataset (``volumes/*.npy``, ``manifest.csv``, ``dataset.json``).
+        holdout_fraction: Fraction of the prepared dataset's volumes kept out of training and
+            recorded in the run folder (``split.json``), so that ``hagan evaluate`` compares with
+            volumes the model never saw. 0.2 as published (fold 0 of a seeded 5-fold split):
+            ceil(0.2 N) volumes, at least one training volume kept; 0 trains on every volume
+            (evaluation then needs a separate ``--heldout`` dataset).
         augment: On-the-fly TorchIO augmentation for small datasets (flip, small affine, intensity).
+            Real volumes only: D learns the augmented distribution, and so does G.
+        d_augment: Differentiable augmentation of every input D sees, real and generated, in the
+            D and the G step (:mod:`hagan.augment`, DiffAugment). Against the collapse of a GAN
+            trained on few volumes. Not in the paper: off by default.
         workers: DataLoader worker processes.
         precision: ``fp32``, ``bf16`` or ``fp16`` autocast (fp16 uses a GradScaler).
-        device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
+        device: ``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N`` (the N-th GPU).
         channels_last: Use the channels-last 3D memory format (helps on GPU).
         compile: Wrap the networks in ``torch.compile``.
         seed: Seed of weights, latent draws, slab positions and data order.
         log_every: Iterations between JSON-lines/TensorBoard scalar logs.
         image_every: Iterations between orthogonal-slice previews in TensorBoard (0 = never).
+        diversity_every: Iterations between diversity checks (0 = never): MS-SSIM among 8
+            volumes generated from fixed latents (``ms_ssim_fake`` in ``metrics.jsonl`` and
+            TensorBoard ``diversity/``), plus their grid image in TensorBoard. Close to 1 means
+            the samples are all alike: mode collapse.
         checkpoint_every: Iterations between checkpoints (a final one is always written).
         keep_checkpoints: How many of the newest checkpoints to keep.
         tensorboard: Write TensorBoard event files.
         progress: Show a tqdm progress bar.
+        preset: Name of the preset this config was built from (``custom`` otherwise).
     """
 
     # model
@@ -81,9 +110,14 @@ class Config:
     beta2: float = 0.999
     lambda_class: float = 0.1
     align_slabs: bool = False
+    g_iter: int = 1
+    batched_d_step: bool = False
+    low_res_critic: bool = True
     # data
     data: str = ""
+    holdout_fraction: float = 0.2
     augment: bool = False
+    d_augment: bool = False
     workers: int = 0
     # runtime
     precision: str = "fp32"
@@ -93,6 +127,7 @@ class Config:
     seed: int = 0
     log_every: int = 20
     image_every: int = 200
+    diversity_every: int = 0
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
     tensorboard: bool = True
@@ -100,31 +135,31 @@ class Config:
     preset: str = field(default="custom")
 
     def __post_init__(self) -> None:
+        _normalise_types(self)
         if self.size not in ALLOWED_SIZES:
-            raise ValueError(
-                f"size must be one of {', '.join(map(str, ALLOWED_SIZES))} (a power of two from "
-                f"{MIN_SIZE} to {MAX_SIZE}), not {self.size}. Resize your data with "
-                "`hagan preprocess --size S` to one of these sizes."
-            )
+            raise ConfigError(explain(
+                "size", f"one of {', '.join(map(str, ALLOWED_SIZES))} (a power of two from "
+                f"{MIN_SIZE} to {MAX_SIZE})", str(self.size),
+                "Resize your data with `hagan preprocess --size S` to one of these sizes."))
         _check_positive("width", self.width)
-        for name in ("latent_dim", "iterations", "batch_size", "log_every", "checkpoint_every",
-                     "keep_checkpoints"):
+        for name in ("latent_dim", "iterations", "batch_size", "g_iter", "log_every",
+                     "checkpoint_every", "keep_checkpoints"):
             _check_positive(name, getattr(self, name))
         for name in ("lr_g", "lr_d", "lr_e"):
             _check_positive(name, getattr(self, name))
-        for name in ("num_classes", "workers", "image_every", "seed"):
+        for name in ("num_classes", "workers", "image_every", "diversity_every", "seed"):
             if int(getattr(self, name)) < 0:
-                raise ValueError(f"{name} must be >= 0, not {getattr(self, name)}")
+                raise ConfigError(explain(name, "a value >= 0", str(getattr(self, name)),
+                                          _fix(name)))
         if self.num_classes == 1:
-            raise ValueError("num_classes must be 0 (unconditional) or at least 2, not 1")
-        for name in ("beta1", "beta2"):
+            raise ConfigError(explain("num_classes", "0 (unconditional) or at least 2", "1",
+                                      "A conditional model needs two or more classes."))
+        for name in ("beta1", "beta2", "holdout_fraction"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), not {value}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, not {self.precision!r}")
-        if self.device not in DEVICES:
-            raise ValueError(f"device must be one of {DEVICES}, not {self.device!r}")
+                raise ConfigError(explain(name, "a value in [0, 1)", str(value), _fix(name)))
+        check_precision(self.precision)
+        check_device(self.device)
 
     # --- derived sizes: the one rule that gives every network of the family ---------------------
     @property
@@ -164,9 +199,111 @@ class Config:
         return from_dict({**self.to_dict(), **changes})
 
 
+def _normalise_types(cfg: Config) -> None:
+    """Make every field a plain Python value of its declared type, or refuse it: a NumPy scalar
+    becomes its Python number, a path its string, an integral float an int (e.g. ``1e4``
+    iterations), an int a float. A checkpoint stores the config and is loaded with
+    ``weights_only=True``, which refuses anything but plain values.
+
+    Raises:
+        ConfigError: a value that is not of the field's type (e.g. a list, None, a bool for a
+            number, 2.5 for an integer field).
+    """
+    import numbers
+
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if hasattr(value, "item") and getattr(value, "shape", None) == ():  # NumPy, 0-d tensor
+            value = value.item()
+        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+        ok = True
+        if kind == "str":
+            if isinstance(value, os.PathLike):
+                value = os.fspath(value)
+            ok = isinstance(value, str)
+        elif kind == "bool":
+            ok = isinstance(value, bool)
+        elif kind == "int":
+            if isinstance(value, numbers.Real) and not isinstance(value, (bool, numbers.Integral)):
+                ok = math.isfinite(value) and float(value).is_integer()
+                value = int(value) if ok else value
+            ok = ok and isinstance(value, numbers.Integral) and not isinstance(value, bool)
+            value = int(value) if ok else value
+        elif kind == "float":
+            ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+            value = float(value) if ok else value
+        if not ok:
+            raise ConfigError(explain(f.name, f"a plain {kind} value",
+                                      f"{value!r} (of type {type(value).__name__})",
+                                      f"Pass {f.name} as a Python {kind}."))
+        object.__setattr__(cfg, f.name, value)
+
+
+def _fix(name: str) -> str:
+    """The fix part of a config error: the field's default as an example value."""
+    default = next(f.default for f in dataclasses.fields(Config) if f.name == name)
+    return f"Use e.g. --set {name}={default} (the default)."
+
+
 def _check_positive(name: str, value: float) -> None:
     if not value > 0:
-        raise ValueError(f"{name} must be > 0, not {value}")
+        raise ConfigError(explain(name, "a value > 0", str(value), _fix(name)))
+
+
+def check_precision(precision: str) -> str:
+    """Return ``precision`` if it is one of :data:`PRECISIONS`, else raise ConfigError."""
+    if precision not in PRECISIONS:
+        raise ConfigError(explain("precision", f"one of {', '.join(PRECISIONS)}",
+                                  repr(precision), "bf16 and fp16 need a recent GPU (fp16: CUDA)."))
+    return precision
+
+
+def check_device(device: str) -> str:
+    """Return ``device`` if it names a device the kit can use (``auto``, ``cpu``, ``cuda``,
+    ``cuda:N``), else raise ConfigError. Whether the GPU exists is checked when it is used
+    (:func:`hagan.runtime.resolve_device`)."""
+    if not isinstance(device, str) or not _DEVICE_PATTERN.fullmatch(device):
+        raise ConfigError(explain("device", "auto, cpu, cuda or cuda:N", repr(device),
+                                  "Use auto to take the GPU when there is one."))
+    return device
+
+
+def field_help() -> dict[str, str]:
+    """Help text of every Config field, from the ``Args:`` section of :class:`Config`'s
+    docstring (one source for the docs and ``hagan train --help``).
+
+    Returns:
+        field name -> one-line help, for every field (fields documented together, such as
+        ``lr_g, lr_d, lr_e``, share one text).
+    """
+    doc = (Config.__doc__ or "").split("Args:", 1)[-1]
+    entries: dict[str, str] = {}
+    names: list[str] = []
+    for line in doc.splitlines():
+        match = re.match(r"\s{8}(\w+(?:, \w+)*): (.*)", line)
+        if match:
+            names = match.group(1).split(", ")
+            for name in names:
+                entries[name] = match.group(2).strip()
+        elif line.strip() and names:
+            for name in names:
+                entries[name] += " " + line.strip()
+    return {f.name: entries.get(f.name, "") for f in dataclasses.fields(Config)}
+
+
+def describe_fields(width: int = 100) -> str:
+    """Every Config field as ``name (type, default D): help`` lines, for ``--help`` texts."""
+    import textwrap
+
+    helps = field_help()
+    lines = []
+    for f in dataclasses.fields(Config):
+        default = f.default if f.default is not dataclasses.MISSING else None
+        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        text = f"{f.name} ({kind}, default {default!r}): {helps[f.name]}"
+        lines.append(textwrap.fill(text, width=width, initial_indent="  ",
+                                   subsequent_indent="      "))
+    return "\n".join(lines)
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -194,7 +331,8 @@ def preset(name: str, **overrides: Any) -> Config:
         (32, 4, 8)
     """
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+        raise ConfigError(explain("preset", f"one of {', '.join(PRESETS)}", repr(name),
+                                  _did_you_mean(name, PRESETS)))
     return from_dict({**PRESETS[name], "preset": name, **overrides})
 
 
@@ -203,10 +341,23 @@ def from_dict(values: dict[str, Any]) -> Config:
     known = {f.name for f in dataclasses.fields(Config)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ValueError(
-            f"unknown config key(s): {', '.join(unknown)}. Valid keys: {', '.join(sorted(known))}"
-        )
+        raise _unknown_key(unknown[0], known)
     return Config(**values)
+
+
+def _did_you_mean(name: str, valid: Any) -> str:
+    """The closest valid name: the longest shared start (4+ characters, "iters" ->
+    "iterations"), else difflib's closest match; "" when nothing is close."""
+    shared = {v: len(os.path.commonprefix([name, v])) for v in valid}
+    best = max(shared, key=shared.__getitem__, default="")
+    close = [best] if best and shared[best] >= 4 else difflib.get_close_matches(name, valid, n=1)
+    return f"Did you mean {close[0]!r}?" if close else ""
+
+
+def _unknown_key(key: str, known: Any) -> ConfigError:
+    return ConfigError(explain(
+        "config key", "a Config field (see `hagan train --help`)", repr(key),
+        f"{_did_you_mean(key, known)} Valid keys: {', '.join(sorted(known))}.".lstrip()))
 
 
 def parse_overrides(pairs: list[str], base: Config) -> Config:
@@ -219,19 +370,18 @@ def parse_overrides(pairs: list[str], base: Config) -> Config:
     changes: dict[str, Any] = {}
     for pair in pairs:
         if "=" not in pair:
-            raise ValueError(f"--set expects key=value, got {pair!r}")
+            raise ConfigError(explain("--set", "key=value", repr(pair),
+                                      "Write e.g. --set iterations=500."))
         key, raw = pair.split("=", 1)
         key = key.strip()
         if key not in defaults:
-            raise ValueError(
-                f"unknown config key {key!r}. Valid keys: {', '.join(sorted(defaults))}"
-            )
+            raise _unknown_key(key, defaults)
         changes[key] = coerce(key, raw, defaults[key])
     return base.replace(**changes)
 
 
 def coerce(key: str, raw: Any, default: Any) -> Any:
-    """Convert ``raw`` (a string or a value) to the type of ``default``, or raise ValueError."""
+    """Convert ``raw`` (a string or a value) to the type of ``default``, or raise ConfigError."""
     value = raw
     if isinstance(raw, str) and not isinstance(default, str):
         try:
@@ -242,16 +392,15 @@ def coerce(key: str, raw: Any, default: Any) -> Any:
         if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
             value = value.lower() in ("true", "yes", "1")
         if not isinstance(value, bool):
-            raise ValueError(f"{key} expects true or false, got {raw!r}")
+            raise ConfigError(explain(key, "true or false", repr(raw)))
         return value
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if isinstance(default, str):
         return str(value)
     if type(value) is not type(default):
-        raise ValueError(
-            f"{key} expects a value of type {type(default).__name__}, got {raw!r}"
-        )
+        raise ConfigError(explain(key, f"a value of type {type(default).__name__}", repr(raw),
+                                  f"Use e.g. {key}={default!r}."))
     return value
 
 

@@ -29,6 +29,8 @@ import torch
 
 from .config import ALLOWED_SIZES, MAX_SIZE, MIN_SIZE, PathLike
 from .data import DataError, Record, atomic_save_npy, read_info, write_info, write_manifest
+from .errors import ConfigError, RunError, explain
+from .fileio import is_lock_file
 from .preprocess import single_thread
 
 logger = logging.getLogger(__name__)
@@ -42,8 +44,8 @@ LABEL_NAMES = ["healthy", "lesion"]
 BRAIN_THRESHOLD = 0.1  # template / max above which a voxel is brain (brain voxels are >= 0.28)
 MARGIN_MM = 14.0  # room around the brain for +-6 % scaling and +-6 deg rotation of a 181 mm brain
 MIN_WORK_SIZE = 64  # deform on at least a 64^3 grid so a 32^3 output is not doubly interpolated
-MAX_WORK_SIZE = 128  # ... and on at most 128^3: TorchIO's B-spline resampling costs ~1 s per
-# million voxels on one core, so 209^3 (native) would take ~10 s per subject
+MAX_WORK_SIZE = 128  # ... and on at most 128^3: TorchIO's B-spline resampling time grows with
+# the voxel count, and the native 209^3 grid would make every subject slow (benchmarks/RESULTS.md)
 WORK_FACTOR = 2  # working grid ~ 2 * size: deformations at twice the output resolution
 BIAS_GRID = 32  # the bias field is a cubic polynomial: drawn on 32^3, then upsampled
 # per-subject random transforms (mild: the anatomy must stay recognisable)
@@ -81,7 +83,7 @@ class TemplateCube:
 
 
 def _nilearn_data_dir() -> Path:
-    """nilearn's bundled data folder, found without importing nilearn (importing it takes ~8 s)."""
+    """nilearn's bundled data folder, found without importing nilearn (a slow import)."""
     spec = importlib.util.find_spec("nilearn")
     if spec is None or not spec.submodule_search_locations:
         raise ImportError("the demo cohort needs nilearn: pip install nilearn")
@@ -124,7 +126,7 @@ def work_size(size: int, native: int) -> int:
     return int(min(max(WORK_FACTOR * size, MIN_WORK_SIZE), MAX_WORK_SIZE, native))
 
 
-@functools.lru_cache(maxsize=2)  # pure function of size; saves ~1 s per call (tests, notebooks)
+@functools.lru_cache(maxsize=2)  # pure function of size, costly to build (tests, notebooks)
 def template_cube(size: int) -> TemplateCube:
     """Cut the template to a cube around the brain and resample it to the working grid.
 
@@ -226,38 +228,45 @@ def lesion_subjects(n: int, fraction: float, seed: int) -> set[int]:
 
 def _check_arguments(n: int, size: int, seed: int, lesion_fraction: float) -> None:
     if size not in ALLOWED_SIZES:
-        raise ValueError(
-            f"Expected a cube side 2^k in [{MIN_SIZE}, {MAX_SIZE}] "
-            f"({', '.join(map(str, ALLOWED_SIZES))}), found --size {size}. Use e.g. --size 32."
-        )
+        raise ConfigError(explain("--size", f"a cube side 2^k in [{MIN_SIZE}, {MAX_SIZE}] "
+                                  f"({', '.join(map(str, ALLOWED_SIZES))})", str(size),
+                                  "Use e.g. --size 32."))
     if n < 1:
-        raise ValueError(f"Expected at least one volume, found --n {n}.")
+        raise ConfigError(explain("--n", "at least one volume", str(n)))
     if seed < 0:
-        raise ValueError(f"Expected a seed >= 0, found {seed}.")
+        raise ConfigError(explain("--seed", "a seed >= 0", str(seed)))
     if not 0.0 <= lesion_fraction <= 1.0:
-        raise ValueError(f"Expected a lesion fraction in [0, 1], found {lesion_fraction}.")
+        raise ConfigError(explain("--lesion-fraction", "a fraction in [0, 1]",
+                                  str(lesion_fraction)))
 
 
 def _check_output(out: Path, force: bool) -> None:
     """Refuse a non-empty folder that is not a demo cohort, unless ``force``."""
     if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"{out} exists and is not a folder; choose another output")
-    if force or not out.is_dir() or not any(out.iterdir()):
+        raise RunError(explain("--out", "a folder", f"{out} (a file)", "Choose another --out."))
+    if force or not out.is_dir() or not any(not is_lock_file(p) for p in out.iterdir()):
         return
     try:
         is_demo = read_info(out).get("source") == DEMO_SOURCE
     except (DataError, ValueError):
         is_demo = False
     if not is_demo:
-        raise FileExistsError(
-            f"{out} is not empty and is not a demo dataset; choose an empty or new folder, "
-            "or pass --force to write into it anyway"
-        )
+        raise RunError(explain("--out", "an empty folder or a demo dataset",
+                               f"{out} (not empty and not a demo dataset)",
+                               "Choose an empty or new folder, or pass --force to write into it "
+                               "anyway."))
 
 
 def _recipe(n: int, size: int, seed: int, lesion_fraction: float) -> dict:
     return {"version": DEMO_VERSION, "n": n, "size": size, "seed": seed,
             "lesion_fraction": lesion_fraction}
+
+
+def is_built(out: PathLike, n: int, size: int, seed: int, lesion_fraction: float = 0.0) -> bool:
+    """Whether ``out`` holds the complete demo cohort of these arguments (this recipe version),
+    so that :func:`make_demo_dataset` would reuse it. The one recipe check (the notebooks use it
+    too)."""
+    return _is_built(Path(out), _recipe(n, size, seed, lesion_fraction))
 
 
 def _is_built(out: Path, recipe: dict) -> bool:
@@ -299,8 +308,8 @@ def make_demo_dataset(out: PathLike, n: int = 64, size: int = 32, seed: int = 0,
         (axes z, y, x; background -1), ``manifest.csv`` and ``dataset.json``.
 
     Raises:
-        ValueError: a bad size, n, seed or fraction.
-        FileExistsError: ``out`` holds something else and ``force`` is False.
+        ConfigError: a bad size, n, seed or fraction.
+        RunError: ``out`` holds something else and ``force`` is False.
 
     Example:
         >>> from hagan.demo import make_demo_dataset
@@ -309,7 +318,7 @@ def make_demo_dataset(out: PathLike, n: int = 64, size: int = 32, seed: int = 0,
         >>> PreparedDataset(root, size=32)[0].shape  # doctest: +SKIP
         torch.Size([1, 32, 32, 32])
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # the text bar: a notebook widget bar is saved at 0 % by papermill
 
     _check_arguments(n, size, seed, lesion_fraction)
     out = Path(out)
@@ -377,9 +386,9 @@ def _remove_stale(out: Path, keep: set[str]) -> None:
             path.unlink()
 
 
-# --- CLI: hagan demo-data OUT ---------------------------------------------------------------------
+# --- CLI: hagan demo-data --out OUT ---------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("out", help="output folder for the prepared dataset")
+    parser.add_argument("--out", required=True, help="output folder for the prepared dataset")
     parser.add_argument("--n", type=int, default=64, help="number of volumes (default 64)")
     parser.add_argument("--size", type=int, default=32,
                         help=f"cube edge, one of {', '.join(map(str, ALLOWED_SIZES))} (default 32)")
@@ -394,8 +403,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    out = make_demo_dataset(args.out, n=args.n, size=args.size, seed=args.seed,
-                            lesion_fraction=args.lesion_fraction, progress=not args.no_progress,
-                            workers=args.workers, force=args.force)
+    from .fileio import lock_folder
+
+    _check_output(Path(args.out), args.force)  # before the lock creates --out
+    with lock_folder(args.out, "hagan demo-data"):  # a second process into --out is refused
+        out = make_demo_dataset(args.out, n=args.n, size=args.size, seed=args.seed,
+                                lesion_fraction=args.lesion_fraction,
+                                progress=not args.no_progress, workers=args.workers,
+                                force=args.force)
     print(f"demo dataset: {args.n} volumes of {args.size}^3 in {out.resolve()}")
     return 0

@@ -4,7 +4,7 @@
 
 Steps: build the offline demo cohort (nilearn's MNI152 template with TorchIO random transforms),
 train the ``tiny32`` preset (GPU when present), write generated volumes as NIfTI, save a PNG of
-real vs generated orthogonal slices and the loss curves, then (when the notebooks exist) execute
+real vs generated orthogonal slices and the loss curves, then (unless --no-notebooks) execute
 every notebook and write executed copies and HTML into ``OUT/notebooks``.
 """
 
@@ -16,16 +16,27 @@ import sys
 import time
 from pathlib import Path
 
+from .errors import HaganError, explain
+
 logger = logging.getLogger(__name__)
+
+MIN_SUBJECTS = 3  # the real-vs-generated figure shows three real volumes
 
 
 def run(out: Path, iterations: int, n_subjects: int, seed: int, notebooks: bool) -> int:
-    import torch
+    """Run the demo job into ``out`` (see the module docstring); returns the exit code 0.
 
+    Args:
+        out: Output folder (created; an earlier demo's run in it is resumed, never overwritten).
+        iterations: tiny32 training iterations.
+        n_subjects: Size of the demo cohort (at least 3: three real volumes are plotted).
+        seed: Seed of the cohort, the training run and the samples.
+        notebooks: Execute every notebook into ``out/notebooks`` at the end.
+    """
     from . import demo, viz
     from .config import preset
-    from .data import PreparedDataset
-    from .generate import sample, save_nifti
+    from .data import PreparedDataset, save_nifti
+    from .generate import output_settings, sample, sample_name
     from .runtime import print_env
     from .train import train
 
@@ -42,28 +53,32 @@ def run(out: Path, iterations: int, n_subjects: int, seed: int, notebooks: bool)
     result = train(cfg, run_dir)  # an earlier demo's run is resumed, never overwritten
 
     print("[3/4] sampling 8 volumes")
-    from .checkpoint import load_models
+    from .checkpoint import load_models, read_metrics
 
-    _, nets = load_models(result.checkpoint)
+    cfg, nets = load_models(result.checkpoint)
     fake = sample(nets["G"], 8, batch_size=8, seed=seed)
     sample_dir = out / "samples"
+    settings = output_settings(run_dir, cfg)  # voxel size of the demo cohort
     for i, vol in enumerate(fake):
-        save_nifti(vol, sample_dir / f"sample_{i:02d}.nii.gz")
+        save_nifti(vol, sample_dir / sample_name(i), **settings)
     real_ds = PreparedDataset(data_dir, size=32)
-    real = [real_ds[i] for i in range(3)]
+    real = [real_ds[i] for i in range(MIN_SUBJECTS)]
     fig = viz.plot_real_vs_generated(real, list(fake[:3]),
                                      title=f"demo cohort vs tiny32 samples after {result.step} "
                                            "iterations")
     fig_path = viz.save(fig, out / "real_vs_generated.png")
-    loss_path = viz.save(viz.plot_losses(run_dir, title="tiny32 training losses"),
+    loss_path = viz.save(viz.plot_losses(read_metrics(run_dir), title="tiny32 training losses"),
                          out / "losses.png")
 
-    nb_dir = None
+    nb_dir, nb_work, nb_failed = None, out / "notebook_work", ""
     if notebooks:
-        from .notebook_runner import run_all  # the notebooks issue adds this module
+        from .notebook_runner import NotebookError, run_all
 
         print("[4/4] executing the notebooks")
-        nb_dir = run_all(out / "notebooks", work_dir=out / "notebook_work", smoke=False)
+        try:
+            nb_dir = run_all(out / "notebooks", work_dir=nb_work, smoke=False)
+        except NotebookError as exc:  # every notebook was attempted; summarise, no traceback
+            nb_dir, nb_failed = out / "notebooks", str(exc)
     else:
         print("[4/4] notebooks skipped")
     minutes = (time.perf_counter() - t0) / 60
@@ -75,8 +90,14 @@ def run(out: Path, iterations: int, n_subjects: int, seed: int, notebooks: bool)
     print(f"  real vs generated    {fig_path}")
     print(f"  loss curves          {loss_path}")
     if nb_dir is not None:
-        print(f"  executed notebooks   {nb_dir}")
-    del torch
+        print(f"  executed notebooks   {nb_dir} (.ipynb and .html; timings.json)")
+        print(f"  notebook work dir    {nb_work}")
+        for sub in sorted(p for p in nb_work.glob("*") if p.is_dir()):
+            n_files = sum(1 for f in sub.rglob("*") if f.is_file())
+            print(f"    {sub.name + '/':<26} {n_files} files")
+    if nb_failed:
+        print(f"\nmake demo: error: {nb_failed}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -85,19 +106,25 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="outputs", help="output folder (default outputs/)")
     p.add_argument("--iterations", type=int, default=600, help="tiny32 iterations (default 600)")
-    p.add_argument("--subjects", type=int, default=64, help="demo cohort size (default 64)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n", type=int, default=64, help="demo cohort size (default 64)")
+    p.add_argument("--seed", type=int, default=0, help="seed of cohort, run and samples")
     p.add_argument("--no-notebooks", action="store_true", help="skip executing the notebooks")
     args = p.parse_args(argv)
+    if args.n < MIN_SUBJECTS:
+        p.error(explain("--n", f"at least {MIN_SUBJECTS} volumes (three real volumes are "
+                        "plotted)", str(args.n)))
+    if args.iterations < 1:
+        p.error(explain("--iterations", "at least 1", str(args.iterations)))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        from importlib.util import find_spec
-
-        notebooks = not args.no_notebooks and find_spec("hagan.notebook_runner") is not None
-        return run(Path(args.out), args.iterations, args.subjects, args.seed, notebooks)
-    except (ValueError, FileNotFoundError) as exc:
+        return run(Path(args.out), args.iterations, args.n, args.seed, not args.no_notebooks)
+    except HaganError as exc:
         print(f"make demo: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # disk full, read-only folder: name the path and cause
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"make demo: error:{where}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

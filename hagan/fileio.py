@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -22,29 +24,108 @@ from .errors import CheckpointError
 
 PathLike = str | os.PathLike
 TEMP_SUFFIX = ".tmp"  # temporary files are ".<name>.<random>.tmp" beside their target
+_UMASK = os.umask(0o022)  # read the process umask once (os.umask sets it: set it back)
+os.umask(_UMASK)
 
 
-def atomic_write(path: PathLike, write: Callable[[IO[bytes]], None]) -> Path:
+def atomic_write(path: PathLike, write: Callable[[IO[bytes]], object],
+                 check: Callable[[Path], None] | None = None) -> Path:
     """Call ``write(fh)`` on a temporary binary file beside ``path``, fsync it, then rename it
     over ``path``. Creates the parent folder.
 
+    Args:
+        check: Called with the temporary file's path after it is on disk and before it gets
+            its final name (e.g. to verify that it reads back); an exception from it aborts the
+            write like a failed write.
+
     Raises:
         OSError: writing failed (disk full, read-only folder); ``path`` is left as it was and the
-            temporary file is removed.
+            temporary file is removed. The error always names ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
         with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), 0o666 & ~_UMASK)  # mkstemp makes 0600: use the usual mode
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
+        if check is not None:
+            check(Path(tmp))
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp is not None:
+            try:
+                Path(tmp).unlink(missing_ok=True)
+            except OSError:
+                pass
+        if isinstance(exc, OSError):
+            raise named_os_error(exc, path) from None
+        if isinstance(exc, RuntimeError) and _is_write_failure(exc):
+            raise _disk_error(path) from None
         raise
     return path
+
+
+def named_os_error(exc: OSError, path: PathLike) -> OSError:
+    """``exc`` with a file name (a failed ``write`` on a full disk names none), so that the
+    ``hagan`` command prints one line naming the path and the cause."""
+    if exc.filename is not None:
+        return exc
+    err = OSError(exc.errno, exc.strerror or str(exc), str(path))
+    return err
+
+
+def _is_write_failure(exc: RuntimeError) -> bool:
+    """torch.save reports a failed write (full disk) as a RuntimeError from its zip writer."""
+    text = str(exc)
+    return "PytorchStreamWriter" in text or "unexpected pos" in text or "file write failed" in text
+
+
+def _disk_error(path: Path) -> OSError:
+    """The OSError a failed write most likely was: a full disk when the folder has no room."""
+    import errno
+    import shutil
+
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = -1
+    if free == 0:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    return OSError(errno.EIO, "the write failed (disk full or device error)", str(path))
+
+
+@contextmanager
+def atomic_target(path: PathLike) -> Iterator[Path]:
+    """For writers that need a file name (e.g. ``nibabel.save``): yields a temporary path
+    beside ``path`` with the same suffixes; on success it is fsynced and renamed to ``path``,
+    on any error it is removed and ``path`` is left as it was.
+
+    Example:
+        >>> with atomic_target(out / "sample_0000.nii.gz") as tmp:  # doctest: +SKIP
+        ...     nib.save(img, tmp)
+    """
+    path = Path(path)
+    suffixes = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{os.urandom(4).hex()}{TEMP_SUFFIX}"
+                         f"{suffixes}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        if isinstance(exc, OSError):
+            raise named_os_error(exc, path) from None
+        raise
 
 
 def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
@@ -83,13 +164,26 @@ def read_json(path: PathLike) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
+def sha256_file(path: PathLike) -> str:
+    """SHA-256 (hex) of a file, read in 1 MiB chunks."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def load_weights_only(path: PathLike, what: str = "file",
-                      map_location: Any = "cpu") -> Any:
+                      map_location: Any = "cpu", mmap: bool = False) -> Any:
     """``torch.load(path, weights_only=True)`` with one clear :class:`CheckpointError` per fault.
 
     Args:
         path: a file written by ``torch.save``.
         what: what the file should be, for messages (e.g. ``"checkpoint"``, ``"MedicalNet file"``).
+        mmap: Map the tensors' storage instead of reading it (checks the file's structure and
+            its pickle, not every byte of tensor data; cheap for a large file).
 
     Raises:
         CheckpointError: missing, empty, not a ``torch.save`` file, truncated or corrupt, or it
@@ -109,8 +203,13 @@ def load_weights_only(path: PathLike, what: str = "file",
     if magic[:2] != b"PK":  # torch.save writes a zip archive
         raise CheckpointError(f"{what} {path} is not a PyTorch file ({size} bytes, not written "
                               "by torch.save)")
+    import zipfile
+
+    if not zipfile.is_zipfile(path):  # a zip's directory is at its end: cut files fail here
+        raise CheckpointError(f"{what} {path} is truncated or corrupt ({size} bytes, its zip "
+                              "directory is missing); use an earlier copy")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as exc:  # torch raises several types for bad files
         text = str(exc)
         if "WeightsUnpickler" in text or "Unsupported global" in text:
@@ -120,3 +219,145 @@ def load_weights_only(path: PathLike, what: str = "file",
                 "weights_only=True)") from None
         raise CheckpointError(f"{what} {path} is truncated or corrupt ({type(exc).__name__}); "
                               "use an earlier copy") from None
+
+
+# --- output-folder locks -----------------------------------------------------------------------
+LOCK_NAME = ".hagan.lock"  # the lock file (held with an OS lock while a command writes)
+HOLDER_SUFFIX = ".holder.json"  # beside the lock: who holds it (pid, command, host, start time)
+
+_held: dict[str, list[Any]] = {}  # lock file -> [FileLock, count]: re-entrant in one process
+_held_guard = threading.Lock()
+
+
+def is_lock_file(path: PathLike) -> bool:
+    """True for the files :func:`lock_folder` and :func:`lock_file` leave (not user content)."""
+    name = Path(path).name
+    return name.startswith(LOCK_NAME) or (name.startswith(".") and ".hagan.lock" in name)
+
+
+class OutputLock:
+    """An exclusive lock on one output (a folder or a file); release it with :meth:`release`
+    or use it as a context manager. Re-entrant within one process (a command's ``main`` and
+    the function it calls may both take it)."""
+
+    def __init__(self, lock_path: Path, target: Path, command: str) -> None:
+        self.lock_path, self.target, self.command = lock_path, target, command
+        self._released = False
+        _acquire(lock_path, target, command)
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            _release(self.lock_path)
+
+    def __enter__(self) -> OutputLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def lock_folder(folder: PathLike, command: str) -> OutputLock:
+    """Take the exclusive lock of output ``folder`` for ``command`` (e.g. ``"hagan train"``),
+    creating the folder. The lock is ``folder/.hagan.lock`` (an OS file lock via the
+    ``filelock`` library, freed by the OS when the process dies, even by SIGKILL); who holds it
+    is written to ``folder/.hagan.lock.holder.json``.
+
+    Raises:
+        RunError: another process holds the lock (the message names it).
+        OSError: the folder cannot be created or written (read-only, full): names the path.
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise named_os_error(exc, folder) from None
+    return OutputLock(folder / LOCK_NAME, folder, command)
+
+
+def lock_file(path: PathLike, command: str) -> OutputLock:
+    """Like :func:`lock_folder` for a single output file: the lock is ``.<name>.hagan.lock``
+    beside it (e.g. ``hagan evaluate --out report.json``)."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise named_os_error(exc, path.parent) from None
+    return OutputLock(path.with_name(f".{path.name}{LOCK_NAME}"), path, command)
+
+
+def _holder_path(lock_path: Path) -> Path:
+    return lock_path.with_name(lock_path.name + HOLDER_SUFFIX)
+
+
+def _acquire(lock_path: Path, target: Path, command: str) -> None:
+    import socket
+    import time
+
+    from filelock import FileLock, Timeout
+
+    from .errors import RunError
+
+    key = str(lock_path.resolve())
+    with _held_guard:
+        if key in _held:
+            _held[key][1] += 1
+            return
+        lock = FileLock(str(lock_path), timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise RunError(f"{target} is in use by another process ({_describe_holder(lock_path)})"
+                           "; wait for it to finish or stop it, or choose another output") from None
+        except OSError as exc:
+            raise named_os_error(exc, lock_path) from None
+        _held[key] = [lock, 1]
+    try:
+        write_json(_holder_path(lock_path), {"pid": os.getpid(), "command": command,
+                                             "host": socket.gethostname(),
+                                             "since": time.strftime("%Y-%m-%d %H:%M:%S")})
+    except BaseException:
+        _release(lock_path)
+        raise
+
+
+def _release(lock_path: Path) -> None:
+    key = str(lock_path.resolve())
+    with _held_guard:
+        entry = _held.get(key)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] > 0:
+            return
+        del _held[key]
+    try:
+        _holder_path(lock_path).unlink(missing_ok=True)
+    except OSError:
+        pass
+    entry[0].release()
+
+
+def _describe_holder(lock_path: Path) -> str:
+    try:
+        h = read_json(_holder_path(lock_path))
+        return f"{h['command']}, pid {h['pid']} on {h['host']}, since {h['since']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "holder unknown"
+
+
+def set_aside(path: PathLike, tag: str) -> Path:
+    """Rename ``path`` (a file or folder) to ``<name>.<tag>`` beside it, or ``<name>.<tag>-2``...
+    when that exists: never deletes or overwrites anything. Returns the new path."""
+    path = Path(path)
+    n = 1
+    while True:
+        new = path.with_name(f"{path.name}.{tag}" + (f"-{n}" if n > 1 else ""))
+        if not os.path.lexists(new):
+            break
+        n += 1
+    try:
+        os.rename(path, new)
+    except OSError as exc:
+        raise named_os_error(exc, path) from None
+    return new

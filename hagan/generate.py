@@ -1,5 +1,6 @@
 """Generation: full-resolution sampling, conditional sampling, reconstruction through the encoders,
-latent interpolation and NIfTI export.
+latent interpolation, and the ``hagan generate`` command that writes samples as NIfTI (the
+NIfTI I/O itself is in :mod:`hagan.data`: ``save_nifti``, ``load_nifti``).
 
 Volumes are ``(B, 1, S, S, S)`` tensors in [-1, 1] with axis 2 = axial (inferior -> superior),
 axis 3 = posterior -> anterior, axis 4 = left -> right (see ``hagan.data``).
@@ -11,15 +12,24 @@ import argparse
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from .config import PathLike
+from .config import PRECISIONS, Config, PathLike
+from .data import save_nifti
+from .errors import ConfigError, DataError, RunError, explain
+from .fileio import atomic_target, lock_folder
 from .runtime import autocast_context, resolve_device
 
 logger = logging.getLogger(__name__)
+
+
+def sample_name(index: int) -> str:
+    """File name of the ``index``-th generated volume, the same for ``hagan generate``, the
+    demo job and the notebooks: ``sample_0000.nii.gz``, ``sample_0001.nii.gz``, ..."""
+    return f"sample_{index:04d}.nii.gz"
 
 
 def _labels_tensor(labels: int | Sequence[int] | torch.Tensor | None, n: int
@@ -67,7 +77,7 @@ def sample(G: nn.Module, n: int, batch_size: int = 2, labels=None, seed: int | N
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
         z = torch.randn(n, G.latent_dim, generator=gen)
     out = []
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # the text bar: a notebook widget bar is saved at 0 % by papermill
 
     for i in tqdm(range(0, n, batch_size), desc="generate", disable=not progress, leave=False):
         zb = z[i:i + batch_size].to(device)
@@ -118,47 +128,6 @@ def interpolate(G: nn.Module, z0: torch.Tensor, z1: torch.Tensor, steps: int = 5
     return sample(G, steps, batch_size=1, labels=labels, z=zs)
 
 
-def volume_affine(size: int, spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> np.ndarray:
-    """RAS+ affine of a kit volume written as (x, y, z) = (L->R, P->A, I->S), centred on 0.
-
-    ``spacing`` is (z, y, x) in mm, the order of the stored array's axes.
-    """
-    sz, sy, sx = (float(s) for s in spacing)
-    affine = np.diag([sx, sy, sz, 1.0])
-    affine[:3, 3] = -np.array([sx, sy, sz]) * (size - 1) / 2
-    return affine
-
-
-def save_nifti(volume: torch.Tensor | np.ndarray, path: PathLike,
-               spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> Path:
-    """Write one volume ((S, S, S) or (1, S, S, S), kit axis order z, y, x) as NIfTI.
-
-    The array is transposed to (x, y, z) and given an RAS+ affine with the voxel ``spacing``
-    (z, y, x) in mm, so viewers show it the right way up. Values are kept as float32 in [-1, 1].
-    """
-    import nibabel as nib
-
-    arr = np.asarray(volume.detach().cpu() if isinstance(volume, torch.Tensor) else volume,
-                     dtype=np.float32)
-    arr = arr.reshape(arr.shape[-3:])
-    if len(set(arr.shape)) != 1:
-        raise ValueError(f"expected a cubic volume, got shape {arr.shape}")
-    img = nib.Nifti1Image(arr.transpose(2, 1, 0), volume_affine(arr.shape[0], spacing))
-    img.header.set_xyzt_units("mm")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(img, str(path))
-    return path
-
-
-def load_nifti(path: PathLike) -> np.ndarray:
-    """Read a NIfTI written by :func:`save_nifti` (or any image) back to kit order (z, y, x)."""
-    import nibabel as nib
-
-    img = nib.as_closest_canonical(nib.load(str(path)))
-    return np.asarray(img.get_fdata(dtype=np.float32)).transpose(2, 1, 0)
-
-
 # --- CLI: hagan generate CKPT --n N --out DIR [--label L] -------------------------------------
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="checkpoint file or run folder (newest checkpoint)")
@@ -168,46 +137,192 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="class index for a conditional model (required there)")
     p.add_argument("--seed", type=int, default=0, help="seed of the latent draws (default 0)")
     p.add_argument("--batch-size", type=int, default=1, help="volumes per forward pass")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
-    p.add_argument("--force", action="store_true", help="overwrite existing sample files")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                   help="autocast precision (default fp32)")
+    p.add_argument("--spacing", type=float, nargs=3, metavar=("Z", "Y", "X"), default=None,
+                   help="voxel size in mm (default: the training data's, from its dataset.json; "
+                   "required when it cannot be found)")
+    p.add_argument("--force", action="store_true",
+                   help="write every sample again, replacing existing files (default: complete "
+                   "an interrupted run of the same request, skipping the files it finished)")
+
+
+REQUEST_FILE = "generate.json"  # in --out: what the samples there were generated from
 
 
 def main(args: argparse.Namespace) -> int:
+    """``hagan generate``: volumes are generated and written one batch at a time (memory does
+    not grow with --n), each file atomically (a temporary name, then renamed), under the lock
+    of --out. Re-running an interrupted command completes it: the files it finished are kept."""
     from .checkpoint import load_models
 
     device = resolve_device(args.device)
     cfg, nets = load_models(args.checkpoint, device=device)
     if cfg.num_classes and args.label is None:
-        raise ValueError(f"this model is conditional ({cfg.num_classes} classes): pass --label "
-                         f"0..{cfg.num_classes - 1}")
+        raise ConfigError(explain("--label", f"a class index 0..{cfg.num_classes - 1} (this "
+                                  f"model is conditional, {cfg.num_classes} classes)", "none",
+                                  f"Pass --label 0..{cfg.num_classes - 1}."))
     if not cfg.num_classes and args.label is not None:
-        raise ValueError("--label given but this model is unconditional")
+        raise ConfigError(explain("--label", "no label (this model is unconditional)",
+                                  f"--label {args.label}", "Leave --label out."))
     if cfg.num_classes and not 0 <= args.label < cfg.num_classes:
-        raise ValueError(f"--label {args.label} is out of range: this model has "
-                         f"{cfg.num_classes} classes, pass --label 0..{cfg.num_classes - 1}")
+        raise ConfigError(explain("--label", f"a class index 0..{cfg.num_classes - 1}",
+                                  f"--label {args.label} (out of range)",
+                                  f"Pass --label 0..{cfg.num_classes - 1}."))
     if args.n < 1 or args.batch_size < 1:
-        raise ValueError(f"--n and --batch-size must be >= 1, not {args.n} and {args.batch_size}")
+        raise ConfigError(explain("--n and --batch-size", "values >= 1",
+                                  f"{args.n} and {args.batch_size}"))
+    settings = _recorded_settings(args.checkpoint, args.spacing)
+    if settings is None:
+        settings = output_settings(args.checkpoint, cfg, args.spacing)
     out = Path(args.out)
-    names = [out / f"sample_{i:04d}.nii.gz" for i in range(args.n)]
-    existing = [p for p in names if p.exists()]
-    if existing and not args.force:
-        raise FileExistsError(f"{existing[0]} already exists; choose another --out or pass --force")
-    vols = sample(nets["G"], args.n, batch_size=args.batch_size, labels=args.label,
-                  seed=args.seed, device=device, precision=args.precision, progress=True)
-    spacing = _dataset_spacing(cfg)
-    for path, vol in zip(names, vols):
-        save_nifti(vol, path, spacing)
-    print(f"wrote {args.n} volume(s) of {cfg.size}^3 to {out}")
+    with lock_folder(out, "hagan generate"):
+        todo = _samples_to_write(out, _request(args, cfg), args.n, cfg.size, args.force)
+        if not todo:
+            print(f"all {args.n} volume(s) already exist in {out}; nothing to do (--force writes "
+                  "them again)")
+            return 0
+        # the same latent draws as sample(G, n, seed=seed): sample i is the same volume
+        # whichever files are left to write
+        z = torch.randn(args.n, nets["G"].latent_dim,
+                        generator=torch.Generator().manual_seed(args.seed))
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(todo), desc="generate", unit="vol")
+        try:
+            for start in range(0, len(todo), args.batch_size):
+                index = todo[start:start + args.batch_size]
+                vols = sample(nets["G"], len(index), batch_size=len(index), labels=args.label,
+                              z=z[index], device=device, precision=args.precision)
+                for i, vol in zip(index, vols):
+                    with atomic_target(out / sample_name(i)) as tmp:
+                        save_nifti(vol, tmp, **settings)
+                    bar.update(1)
+                del vols
+        finally:
+            bar.close()
+    done = args.n - len(todo)
+    print(f"wrote {len(todo)} volume(s) of {cfg.size}^3 to {out}"
+          + (f" ({done} already there from an interrupted run)" if done else ""))
     return 0
 
 
-def _dataset_spacing(cfg) -> tuple[float, float, float]:
-    """Voxel spacing recorded in the training data's dataset.json, else 1 mm."""
-    from .data import read_info
+def _request(args: argparse.Namespace, cfg: Config) -> dict[str, Any]:
+    """What decides the samples' content: a re-run completes only an identical request."""
+    from .checkpoint import resolve
 
+    source = resolve(args.checkpoint).resolve()
+    stat = source.stat()
+    return {"checkpoint": str(source), "checkpoint_bytes": stat.st_size,
+            "checkpoint_mtime_ns": stat.st_mtime_ns, "n": args.n, "seed": args.seed,
+            "label": args.label, "precision": args.precision, "size": cfg.size}
+
+
+def _samples_to_write(out: Path, request: dict[str, Any], n: int, size: int,
+                      force: bool) -> list[int]:
+    """Indices of the samples still to write into ``out`` (all with ``force``), after recording
+    ``request`` there.
+
+    Raises:
+        RunError: ``out`` holds samples from another request (or from an unknown one).
+    """
+    from .fileio import read_json, write_json
+
+    names = [out / sample_name(i) for i in range(n)]
+    existing = [p for p in names if p.exists()]
+    record = out / REQUEST_FILE
+    if existing and not force:
+        try:
+            previous = read_json(record) if record.is_file() else None
+        except (OSError, ValueError):
+            previous = None
+        if previous != request:
+            raise RunError(explain("--out", "a folder without samples, or the samples of this "
+                                   "same command (to complete them)",
+                                   f"{existing[0]}, from {'another' if previous else 'an unknown'}"
+                                   f" request (see {record.name})",
+                                   "Choose another --out or pass --force to overwrite them."))
+    write_json(record, request)
+    if force:
+        return list(range(n))
+    return [i for i, p in enumerate(names) if not _complete(p, size)]
+
+
+def _complete(path: Path, size: int) -> bool:
+    """True when ``path`` holds a whole readable volume of ``size``^3 (a file cut short by an
+    older version's crash is written again)."""
+    if not path.is_file():
+        return False
     try:
-        sp = read_info(cfg.data).get("spacing_mm") if cfg.data else None
-    except Exception:
-        sp = None
-    return tuple(float(s) for s in sp) if sp else (1.0, 1.0, 1.0)  # type: ignore[return-value]
+        import nibabel as nib
+        import numpy as np
+
+        img = nib.load(str(path))
+        return tuple(img.shape) == (size,) * 3 and np.asanyarray(img.dataobj).size == size**3
+    except Exception:  # noqa: BLE001 - any unreadable file is simply written again
+        return False
+
+
+def _recorded_settings(checkpoint: PathLike, spacing: Sequence[float] | None
+                       ) -> dict[str, Any] | None:
+    """save_nifti settings from the data geometry a kit checkpoint recorded (its absolute data
+    path, spacing, modality and CT window: :func:`hagan.checkpoint.run_data_geometry`), or
+    None when it recorded none (older checkpoints, weights files) or ``spacing`` overrides it.
+    Never looks at the current folder."""
+    from .checkpoint import load_checkpoint, resolve, run_data_geometry
+    from .data import nifti_settings
+
+    if spacing is not None:
+        return None
+    source = resolve(checkpoint)
+    with open(source, "rb") as fh:
+        if fh.read(2) != b"PK":  # not a torch.save checkpoint (e.g. safetensors)
+            return None
+    geometry = run_data_geometry(load_checkpoint(source, mmap=True))
+    if not geometry["spacing_mm"]:
+        return None
+    return nifti_settings(geometry, where=f"the data geometry recorded in {source}")
+
+
+def output_settings(checkpoint: PathLike, cfg: Config,
+                    spacing: Sequence[float] | None = None) -> dict[str, Any]:
+    """:func:`hagan.data.save_nifti` settings for a model's samples: the voxel size and, for CT,
+    the HU window of the dataset the model was trained on, read from its ``dataset.json``.
+
+    The geometry stored in a weights file (``hagan export``), else the dataset the run recorded
+    (``RUN/split.json``, an absolute path), else ``cfg.data`` when absolute. ``spacing``
+    (z, y, x in mm) overrides the recorded voxel size and is required when none can be found
+    (e.g. a weights file from ``hagan import-official``): the voxel size is never assumed.
+
+    Raises:
+        DataError: the voxel size is unknown and ``spacing`` was not given, or the dataset's
+            ``dataset.json`` is invalid.
+    """
+    from .checkpoint import read_split, resolve, run_folder
+    from .data import nifti_settings, read_info
+    from .weights import looks_like_safetensors, read_data_geometry
+
+    source = resolve(checkpoint)
+    stored = read_data_geometry(source) if looks_like_safetensors(source) else None
+    run = run_folder(checkpoint)
+    split = read_split(run) if run is not None else None
+    roots = [r for r in (split.data if split else None, cfg.data or None)
+             if r and Path(r).is_absolute()]  # a relative path would depend on the cwd
+    root = next((Path(r) for r in roots if (Path(r) / "dataset.json").is_file()), None)
+    if stored is not None:  # a weights file that carries its training data's geometry
+        info, where = stored, f"the data geometry stored in {source}"
+    else:
+        info = read_info(root) if root is not None else {}
+        where = f"{root / 'dataset.json'}" if root is not None else ""
+    if spacing is not None:
+        info = {**info, "spacing_mm": list(spacing)}
+        where = "--spacing"
+    if not info:
+        looked = ", ".join(str(r) for r in roots) or "no dataset recorded"
+        raise DataError(explain("voxel size of the samples", "the training data's dataset.json "
+                                "(spacing_mm)", f"none ({looked})",
+                                "Pass --spacing Z Y X (voxel size in mm)."))
+    if root is None and stored is None:
+        logger.info("no dataset.json found: values are written as the model's [-1, 1]")
+    return nifti_settings(info, where=where)

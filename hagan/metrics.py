@@ -18,13 +18,11 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import logging
-import os
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +32,10 @@ import torch
 import torch.nn.functional as F
 from scipy.spatial.distance import cdist
 
-from .analysis import (
+from .checkpoint import CheckpointError
+from .config import Config, PathLike
+from .errors import ConfigError, DataError, RunError, explain
+from .features import (
     EXTRACTORS,
     SHORT_HASH,
     FeatureExtractor,
@@ -42,8 +43,6 @@ from .analysis import (
     check_extractor,
     volume_at,
 )
-from .checkpoint import CheckpointError
-from .config import Config, PathLike
 
 logger = logging.getLogger(__name__)
 
@@ -149,17 +148,40 @@ def fid(features_a: np.ndarray, features_b: np.ndarray) -> float:
 
 
 # ---------------------------------------------------------------------------------------------
-# MMD with a Gaussian kernel
+# MMD with the published kernel
 # ---------------------------------------------------------------------------------------------
+MMD_KERNEL = "exp(-d^2/m^2), m = median pooled pairwise distance (published HA-GAN evaluation)"
+
+
 def median_bandwidth(features: np.ndarray) -> float:
-    """Median pairwise Euclidean distance of (N, F) features (Gretton et al., JMLR 2012)."""
+    """The kernel scale m of the published evaluation: the median of the full (N, N) matrix of
+    Euclidean distances between the rows of ``features`` (N, F).
+
+    As in the published ``evaluation/fid_score.py`` (torch-two-sample ``MMDStatistic`` with
+    ``alphas='median'``, which takes ``torch.median`` of the pooled distance matrix), the median
+    runs over all N² entries, the N zero diagonal entries and both triangles included, and for an
+    even count it is the lower of the two middle values (``torch.median``'s convention).
+
+    Raises:
+        ValueError: ``features`` is not (N, F) with N >= 2.
+        DataError: the median is 0 (more than half of the pairs coincide: no kernel scale).
+    """
     f = np.asarray(features, dtype=np.float64)
-    d = cdist(f, f)[np.triu_indices(len(f), 1)]
-    d = d[d > 0]
-    return float(np.median(d)) if d.size else 1.0
+    if f.ndim != 2 or len(f) < 2:
+        raise ValueError(f"expected features of shape (N, F) with N >= 2, got {f.shape}")
+    d = cdist(f, f).ravel()
+    lower_middle = (d.size - 1) // 2
+    m = float(np.partition(d, lower_middle)[lower_middle])
+    if not m > 0:
+        raise DataError(explain("MMD kernel scale", "distinct feature vectors",
+                                "the median pairwise distance is 0 (most vectors are identical)",
+                                "Check the extractor and the volumes it was given."))
+    return m
 
 
 def _mmd2_unbiased(k: np.ndarray, n: int) -> float:
+    """MMD²_u of a pooled kernel matrix whose first ``n`` rows are one sample (Gretton et al.,
+    JMLR 2012, eq. 3): within-sample means without the diagonal, cross mean over all pairs."""
     kxx, kyy, kxy = k[:n, :n], k[n:, n:], k[:n, n:]
     m = k.shape[0] - n
     return float((kxx.sum() - np.trace(kxx)) / (n * (n - 1))
@@ -168,15 +190,22 @@ def _mmd2_unbiased(k: np.ndarray, n: int) -> float:
 
 def mmd(x: np.ndarray, y: np.ndarray, bandwidth: float | str = "median", permutations: int = 0,
         seed: int = 0) -> tuple[float, float | None]:
-    r"""Unbiased squared MMD between samples x (N, F) and y (M, F) with a Gaussian kernel.
+    r"""Unbiased squared MMD between samples x (N, F) and y (M, F), with the published kernel.
 
-    :math:`k(a, b) = \exp(-\lVert a-b\rVert^2 / 2\sigma^2)`, :math:`\mathrm{MMD}^2_u` of Gretton
-    et al. (JMLR 2012, eq. 3); it can be slightly negative when the samples agree.
+    :math:`k(a, b) = \exp(-\lVert a-b\rVert^2 / m^2)` with m the median pairwise distance of the
+    pooled sample (:func:`median_bandwidth`), and :math:`\mathrm{MMD}^2_u` of Gretton et al.
+    (JMLR 2012, eq. 3), as in the published HA-GAN evaluation (``evaluation/fid_score.py``,
+    ``calculate_mmd``: torch-two-sample's ``MMDStatistic`` with ``alphas='median'``). It can be
+    slightly negative when the samples agree. The statistic is symmetric in x and y.
+    (In the exp(-d²/2σ²) convention, m = √2 σ.) Differences from the published code, both far
+    below the printed precision: float64 instead of float32, and no 1e-5 added under the square
+    root of the distances (torch-two-sample adds it to keep gradients finite).
 
     Args:
         x, y: Feature sets, N, M >= 2.
-        bandwidth: sigma, or ``"median"``: the median pairwise distance of the pooled sample.
-        permutations: Draws of the permutation test (0: no p-value).
+        bandwidth: m, or ``"median"`` (the published choice): the median of the pooled sample.
+        permutations: Draws of the permutation test (0: no p-value; the published code has it
+            commented out).
         seed: Seed of the permutations.
 
     Returns:
@@ -187,10 +216,10 @@ def mmd(x: np.ndarray, y: np.ndarray, bandwidth: float | str = "median", permuta
     if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1] or min(len(x), len(y)) < 2:
         raise ValueError(f"expected (N, F) and (M, F) with N, M >= 2, got {x.shape}, {y.shape}")
     z = np.concatenate([x, y])
-    sigma = median_bandwidth(z) if bandwidth == "median" else float(bandwidth)
-    if not sigma > 0:
+    scale = median_bandwidth(z) if bandwidth == "median" else float(bandwidth)
+    if not scale > 0:
         raise ValueError(f"bandwidth must be 'median' or > 0, not {bandwidth!r}")
-    k = np.exp(-cdist(z, z, "sqeuclidean") / (2.0 * sigma**2))
+    k = np.exp(-cdist(z, z, "sqeuclidean") / scale**2)
     value = _mmd2_unbiased(k, len(x))
     if permutations <= 0:
         return value, None
@@ -294,7 +323,7 @@ def pairwise_ms_ssim(volumes: Any, n_pairs: int = MS_SSIM_PAIRS, seed: int = 0,
                      batch_size: int = 4, device: str | torch.device = "cpu",
                      progress: bool = False) -> np.ndarray:
     """MS-SSIM of random pairs of volumes ((N, 1, S, S, S) or a dataset of (1, S, S, S))."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # the text bar: a notebook widget bar is saved at 0 % by papermill
 
     if len(volumes) < 2:
         raise ValueError(f"diversity needs at least 2 volumes, got {len(volumes)}")
@@ -353,12 +382,34 @@ def memorisation(gen_features: np.ndarray, train_features: np.ndarray,
 # ---------------------------------------------------------------------------------------------
 # Cache of real-set features
 # ---------------------------------------------------------------------------------------------
+_FILE_HASHES: dict[tuple[str, int, int, int], str] = {}  # (path, inode, size, mtime) -> sha256
+
+
+def _file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, remembered in this process while its size and mtime stay."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _FILE_HASHES:
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        _FILE_HASHES[key] = h.hexdigest()
+    return _FILE_HASHES[key]
+
+
 def data_fingerprint(root: PathLike) -> str:
-    """SHA-256 of a prepared dataset's ``manifest.csv`` and ``dataset.json``."""
+    """SHA-256 over a prepared dataset's content: ``manifest.csv``, ``dataset.json`` and the
+    bytes of every ``volumes/*.npy`` (name and content), so re-prepared scans with the same
+    names and shapes get another fingerprint (and another cache key)."""
+    root = Path(root)
     h = hashlib.sha256()
     for name in ("manifest.csv", "dataset.json"):
-        path = Path(root) / name
+        path = root / name
         h.update(path.read_bytes() if path.is_file() else b"")
+    volumes = root / "volumes"
+    for path in sorted(volumes.glob("*.npy")) if volumes.is_dir() else []:
+        h.update(f"\n{path.name}\n{_file_sha256(path)}".encode())
     return h.hexdigest()
 
 
@@ -369,15 +420,9 @@ def cache_key(extractor_name: str, weights_hash: str, size: int, data_hash: str)
 
 
 def _save_npz(path: Path, **arrays: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from .fileio import atomic_write
+
+    atomic_write(path, lambda fh: np.savez(fh, **arrays))
 
 
 def cached(path: Path | None, key: str, compute: Callable[[], np.ndarray]) -> np.ndarray:
@@ -390,12 +435,17 @@ def cached(path: Path | None, key: str, compute: Callable[[], np.ndarray]) -> np
         try:
             with np.load(path, allow_pickle=False) as npz:
                 if str(npz["key"]) == key:
-                    logger.info("cached real-set values from %s", path)
-                    return np.asarray(npz["values"])
+                    values = np.asarray(npz["values"])
+                    if np.isfinite(values).all():
+                        logger.info("cached real-set values from %s", path)
+                        return values
+                    logger.warning("ignoring cache %s: it holds non-finite values", path)
         except (OSError, ValueError, KeyError) as exc:
             logger.warning("ignoring unreadable cache %s (%s)", path, exc)
     values = compute()
-    if path is not None:
+    if path is not None and not np.isfinite(np.asarray(values, dtype=np.float64)).all():
+        logger.warning("not caching real-set values with NaN or infinite entries (%s)", path)
+    elif path is not None:
         try:
             _save_npz(path, key=np.array(key), values=values)
         except OSError as exc:
@@ -426,15 +476,168 @@ def _check_request(n: int, extractor: str, weights: PathLike | None, out: PathLi
                    force: bool) -> None:
     """Validate cheap arguments before any model or data is loaded."""
     if n < 2:
-        raise ValueError(f"--n must be >= 2 (a covariance needs two samples), not {n}")
+        raise ConfigError(explain("--n", "at least 2 generated volumes (a covariance needs two "
+                                  "samples)", str(n), "Use e.g. --n 64."))
     check_extractor(extractor, weights)
     if weights is not None and not Path(weights).is_file():
-        raise FileNotFoundError(f"weights file {weights} does not exist")
+        raise CheckpointError(explain("--weights", "an existing MedicalNet weights file",
+                                      f"{weights} (does not exist)",
+                                      "Download resnet_N.pth from MedicalNet's release."))
     if out is not None and Path(out).exists() and not force:
-        raise FileExistsError(f"{out} already exists; choose another --out or pass --force")
+        raise RunError(explain("--out", "a report path that does not exist yet",
+                               f"{out} (already exists)",
+                               "Choose another --out or pass --force."))
 
 
-def evaluate(checkpoint: PathLike, data: PathLike, extractor: str = "random",
+REF_RUN_HELDOUT = "run-heldout"  # the held-out split the run recorded (split.json)
+REF_HELDOUT_FOLDER = "heldout-folder"  # --heldout DIR, checked to hold no training volume
+REF_TRAIN_SUBSET = "train-subset"  # no held-out set: a seeded half of the training volumes
+
+
+@dataclass
+class Reference:
+    """The real volumes an evaluation compares with.
+
+    Attributes:
+        kind: :data:`REF_RUN_HELDOUT`, :data:`REF_HELDOUT_FOLDER` or :data:`REF_TRAIN_SUBSET`.
+        description: One sentence for the report: where both sets come from.
+        train, train_files: The dataset holding the training volumes, and the ones used.
+        heldout, heldout_files: The same for the baseline set.
+        baseline_label: Name of the baseline set in tables and figures.
+    """
+
+    kind: str
+    description: str
+    train: Any
+    train_files: list[str]
+    heldout: Any
+    heldout_files: list[str]
+
+    @property
+    def is_heldout(self) -> bool:
+        """True when the baseline volumes are known to be volumes the model never saw."""
+        return self.kind != REF_TRAIN_SUBSET
+
+    @property
+    def baseline_label(self) -> str:
+        return "real-heldout" if self.is_heldout else "real-train-other-half"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "description": self.description,
+                "is_heldout": self.is_heldout, "baseline_label": self.baseline_label,
+                "train": {"data": str(self.train.root), "n": len(self.train_files)},
+                "heldout": {"data": str(self.heldout.root), "n": len(self.heldout_files)}}
+
+
+def resolve_reference(checkpoint: PathLike, data: PathLike | None, heldout: PathLike | None,
+                      cfg: Config, seed: int = 0) -> Reference:
+    """Which real volumes an evaluation of ``checkpoint`` uses, never calling a training volume
+    held-out.
+
+    * ``heldout`` given: that prepared dataset, refused if any of its volumes is a training
+      volume (same folder: by file name; another folder: by SHA-256 of the files).
+    * else, when the run recorded a split (``RUN/split.json``, see ``Config.holdout_fraction``)
+      with at least 2 held-out volumes: those.
+    * else: no held-out set exists. A seeded half of the training volumes stands in, labelled
+      "train subset" (not held-out) in the report: its baseline rows and the memorisation check
+      then say nothing about generalisation.
+
+    The training volumes are the run's recorded train split, or all of ``data`` when the
+    checkpoint records none (e.g. imported weights). ``data`` defaults to the dataset the run
+    recorded.
+
+    Raises:
+        ConfigError: no ``data`` and none recorded.
+        DataError: ``heldout`` holds training volumes, a set is too small, or the recorded
+            volumes are missing from ``data``.
+    """
+    from .checkpoint import read_split, run_folder
+    from .data import PreparedDataset
+
+    run = run_folder(checkpoint)
+    split = read_split(run) if run is not None else None
+    if data is None:
+        if split is None:
+            raise ConfigError(explain("--data", "the prepared dataset the model was trained on",
+                                      f"none given, and {checkpoint} records no dataset",
+                                      "Pass --data DIR."))
+        data = split.data
+    full = PreparedDataset(data, size=cfg.size, num_classes=cfg.num_classes)
+    if split is not None:
+        if full.root.resolve() != Path(split.data):
+            logger.warning("%s is not the dataset the run recorded (%s): matching its volumes "
+                           "by file name", full.root, split.data)
+        train_files = list(split.train)
+        full.select(train_files)  # every training volume must be there
+        where = f"{len(train_files)} training volumes of the run (split.json)"
+    else:
+        train_files = [r.file for r in full.records]
+        where = (f"all {len(train_files)} volumes of {data} (this checkpoint records no split, "
+                 "so DATA is taken as its training data)")
+    if heldout is not None:
+        held = PreparedDataset(heldout, size=cfg.size, num_classes=cfg.num_classes)
+        seen = _training_volumes_in(held, full, train_files)
+        if seen:
+            raise DataError(explain(
+                f"--heldout {heldout}", "volumes the model never saw",
+                f"{len(seen)} of its {len(held)} volumes are training volumes (e.g. {seen[0]})",
+                "Pass a folder of unseen volumes, or leave --heldout out to use the run's "
+                "recorded held-out split."))
+        ref = Reference(REF_HELDOUT_FOLDER, f"held-out: --heldout {heldout} ({len(held)} "
+                        f"volumes, none a training volume); train: {where}", full, train_files,
+                        held, [r.file for r in held.records])
+    elif split is not None and len(split.heldout) >= 2:
+        held_files = list(split.heldout)
+        full.select(held_files)
+        ref = Reference(REF_RUN_HELDOUT, f"held-out: the run's held-out split, "
+                        f"{len(held_files)} volumes of {data} kept out of training "
+                        f"(holdout_fraction {split.holdout_fraction}); train: {where}",
+                        full, train_files, full, held_files)
+    else:
+        why = (f"the run kept {len(split.heldout)} volume(s) out" if split is not None
+               else f"{checkpoint} records no data split")
+        a, b = split_halves(len(train_files), seed)
+        logger.warning("no held-out volumes (%s): comparing with a half of the training "
+                       "volumes instead; pass --heldout DIR for a real baseline", why)
+        ref = Reference(REF_TRAIN_SUBSET, f"NOT held-out ({why}): a seeded half (seed {seed}) of "
+                        f"the {where} stands in for it; the model saw these volumes, so the "
+                        "baseline rows and the memorisation check measure nothing here. Pass "
+                        "--heldout DIR.", full, [train_files[i] for i in a], full,
+                        [train_files[i] for i in b])
+    if min(len(ref.train_files), len(ref.heldout_files)) < 2:
+        raise DataError(explain(
+            "evaluation", "at least 2 training and 2 held-out real volumes (a covariance needs "
+            "two)", f"{len(ref.train_files)} and {len(ref.heldout_files)}",
+            "Use more data, or pass --heldout DIR."))
+    return ref
+
+
+def _training_volumes_in(held: Any, train: Any, train_files: list[str]) -> list[str]:
+    """Files of ``held`` that are training volumes: by name within one folder, else by content
+    (SHA-256 of the .npy files)."""
+    from .fileio import sha256_file
+
+    if held.root.resolve() == train.root.resolve():
+        names = set(train_files)
+        return [r.file for r in held.records if r.file in names]
+    index = {r.file: i for i, r in enumerate(train.records)}
+    digests = {sha256_file(train.paths[index[f]]) for f in train_files}
+    return [r.file for r, p in zip(held.records, held.paths) if sha256_file(p) in digests]
+
+
+def _features_of(ext: FeatureExtractor, full: Any, files: list[str], size: int,
+                 cache_for: Callable[[PathLike], Path | None],
+                 memo: dict[Path, np.ndarray]) -> np.ndarray:
+    """Features of the volumes ``files`` of a prepared dataset: the whole dataset's features are
+    computed once per call of :func:`evaluate` (``memo``) and cached on disk."""
+    key = full.root.resolve()
+    if key not in memo:
+        memo[key] = real_features(ext, full, full.root, size, cache_for(full.root))
+    index = {r.file: i for i, r in enumerate(full.records)}
+    return memo[key][[index[f] for f in files]]
+
+
+def evaluate(checkpoint: PathLike, data: PathLike | None = None, extractor: str = "random",
              weights: PathLike | None = None, n: int = 64, out: PathLike | None = None,
              cache_dir: PathLike | None = None, seed: int = 0, device: str = "auto",
              progress: bool = True, heldout: PathLike | None = None, batch_size: int = 2,
@@ -442,30 +645,33 @@ def evaluate(checkpoint: PathLike, data: PathLike, extractor: str = "random",
              use_cache: bool = True, force: bool = False) -> dict[str, Any]:
     """Generate ``n`` volumes and compare them with real data, next to real-vs-real baselines.
 
-    The real data are split (seeded) into a train half and a held-out half, unless ``heldout``
-    names a separate prepared dataset the generator never saw (then all of ``data`` is "train").
-    FID and MMD compare generated and held-out features with the train features; MS-SSIM
-    diversity compares random pairs of generated and of real volumes; memorisation compares
-    nearest-train-neighbour distances of generated and held-out volumes.
+    The real sets come from :func:`resolve_reference`: the run's training volumes ("train") and
+    its recorded held-out volumes, or ``heldout`` (a prepared dataset checked to hold no training
+    volume); without either, a half of the training volumes stands in and the report says it is
+    not held-out. FID and MMD (published kernel, :func:`mmd`) compare generated and held-out
+    features with the train features; MS-SSIM diversity compares random pairs of generated and
+    of training volumes; memorisation compares nearest-train-neighbour distances of generated
+    and held-out volumes.
 
     Args:
-        checkpoint: Kit checkpoint file or run folder.
-        data: Prepared dataset of the generator's size.
-        extractor: One of :data:`hagan.analysis.EXTRACTORS`.
+        checkpoint: Kit checkpoint file, run folder or weights file.
+        data: Prepared dataset the model was trained on (default: the one the run recorded).
+        extractor: One of :data:`hagan.features.EXTRACTORS`.
         weights: MedicalNet weights file, for ``medicalnet*`` only.
         n: Generated volumes.
         out: JSON report path (refused if it exists, unless ``force``).
         cache_dir: Where real features are cached (default ``DATA/.hagan_cache``).
-        seed: Seed of latent draws, the real split, pairs and permutations.
+        seed: Seed of latent draws, pairs, permutations (and of the stand-in half).
+        heldout: Prepared dataset of volumes the model never saw (overrides the run's split).
         permutations: MMD permutation-test draws (0: no p-values).
         n_pairs: Random pairs for MS-SSIM.
 
     Returns:
-        The report (also written to ``out``): metadata naming extractor, weights SHA-256, N and
-        resolution, and ``metrics`` with each generated value next to its real baseline.
+        The report (also written to ``out``): metadata naming extractor, weights SHA-256, N,
+        resolution and the ``reference`` used, and ``metrics`` with each generated value next to
+        its real baseline.
     """
     from .checkpoint import load_models
-    from .data import PreparedDataset
     from .generate import sample
     from .runtime import resolve_device
 
@@ -475,56 +681,40 @@ def evaluate(checkpoint: PathLike, data: PathLike, extractor: str = "random",
     cfg, nets = load_models(checkpoint, device=dev)
     if "G" not in nets:
         raise CheckpointError(f"{checkpoint} holds no generator G")
-    real = PreparedDataset(data, size=cfg.size, num_classes=cfg.num_classes)
+    ref = resolve_reference(checkpoint, data, heldout, cfg, seed)
     ext = build_extractor(extractor, weights, models=nets, size=cfg.size, device=dev,
                           batch_size=batch_size, progress=progress)
 
     def cache_for(root: PathLike) -> Path | None:
         return None if not use_cache else Path(cache_dir or Path(root) / CACHE_DIRNAME)
 
-    train_idx, train_feats, held_feats = _real_sets(ext, real, data, heldout, cfg, seed,
-                                                    cache_for)
+    memo: dict[Path, np.ndarray] = {}
+    train_feats = _features_of(ext, ref.train, ref.train_files, cfg.size, cache_for, memo)
+    held_feats = _features_of(ext, ref.heldout, ref.heldout_files, cfg.size, cache_for, memo)
+    train_set = ref.train.select(ref.train_files)
     t_real = time.perf_counter()
-    labels = (np.random.default_rng(seed).choice(real.labels, n).tolist()
+    labels = (np.random.default_rng(seed).choice(train_set.labels, n).tolist()
               if cfg.num_classes else None)  # conditional: labels drawn like the real data's
     fake = sample(nets["G"], n, batch_size=batch_size, labels=labels, seed=seed, device=dev,
                   progress=progress)
     t_gen = time.perf_counter()
     gen_feats = ext(fake)
     metrics = _compare(gen_feats, train_feats, held_feats, permutations, seed)
-    _name_closest(metrics["memorisation"], [real.records[i].file for i in train_idx])
-    metrics["ms_ssim"] = _diversity_pair(fake, real, data, cfg.size, n_pairs, seed, dev,
-                                         progress, cache_for(data))
-    report = _report(checkpoint, data, heldout, cfg, ext, gen_feats, train_feats, held_feats,
-                     seed, dev, metrics)
+    metrics["memorisation"]["valid"] = ref.is_heldout
+    _name_closest(metrics["memorisation"], ref.train_files)
+    metrics["ms_ssim"] = _diversity_pair(fake, train_set, ref.train.root, ref.train_files,
+                                         cfg.size, n_pairs, seed, dev, progress,
+                                         cache_for(ref.train.root))
+    report = _report(checkpoint, ref, cfg, ext, gen_feats, train_feats, held_feats, seed, dev,
+                     metrics)
     report["seconds"] = {"real_features": round(t_real - start, 2),
                          "generate": round(t_gen - t_real, 2),
                          "total": round(time.perf_counter() - start, 2)}
     if out is not None:
-        from .data import atomic_write_text
+        from .fileio import write_json
 
-        atomic_write_text(out, json.dumps(report, indent=2) + "\n")
+        write_json(out, report)
     return report
-
-
-def _real_sets(ext: FeatureExtractor, real: Any, data: PathLike, heldout: PathLike | None,
-               cfg: Config, seed: int, cache_for: Callable[[PathLike], Path | None]
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(train indices into ``real``, train features, held-out features)."""
-    from .data import DataError, PreparedDataset
-
-    feats = real_features(ext, real, data, cfg.size, cache_for(data))
-    if heldout is not None:
-        held_set = PreparedDataset(heldout, size=cfg.size, num_classes=cfg.num_classes)
-        train_idx = np.arange(len(real))
-        held_feats = real_features(ext, held_set, heldout, cfg.size, cache_for(heldout))
-    else:
-        train_idx, held_idx = split_halves(len(real), seed)
-        held_feats = feats[held_idx]
-    if min(len(train_idx), len(held_feats)) < 2:
-        raise DataError(f"evaluation needs at least {MIN_REAL} real volumes (2 per half), found "
-                        f"{len(real)} in {data}")
-    return train_idx, feats[train_idx], held_feats
 
 
 def _name_closest(mem: dict[str, Any], train_files: list[str]) -> None:
@@ -537,17 +727,16 @@ def _name_closest(mem: dict[str, Any], train_files: list[str]) -> None:
         del mem[key]
 
 
-def _report(checkpoint: PathLike, data: PathLike, heldout: PathLike | None, cfg: Config,
-            ext: FeatureExtractor, gen_feats: np.ndarray, train_feats: np.ndarray,
-            held_feats: np.ndarray, seed: int, device: torch.device,
-            metrics: dict[str, Any]) -> dict[str, Any]:
+def _report(checkpoint: PathLike, ref: Reference, cfg: Config, ext: FeatureExtractor,
+            gen_feats: np.ndarray, train_feats: np.ndarray, held_feats: np.ndarray, seed: int,
+            device: torch.device, metrics: dict[str, Any]) -> dict[str, Any]:
     from . import __version__
 
     return {
         "kind": REPORT_KIND, "hagan_kit_version": __version__, "checkpoint": str(checkpoint),
-        "preset": cfg.preset, "resolution": cfg.size, "data": str(data),
-        "data_sha256": data_fingerprint(data),
-        "heldout": str(heldout) if heldout is not None else f"seeded half of data (seed {seed})",
+        "preset": cfg.preset, "resolution": cfg.size, "data": str(ref.train.root),
+        "data_sha256": data_fingerprint(ref.train.root),
+        "reference": ref.to_dict(), "heldout": ref.description,
         "extractor": ext.name, "weights_sha256": ext.weights_hash,
         "weights_file": ext.weights_file, "feature_dim": int(gen_feats.shape[1]),
         "n_generated": len(gen_feats), "n_real_train": len(train_feats),
@@ -558,24 +747,30 @@ def _report(checkpoint: PathLike, data: PathLike, heldout: PathLike | None, cfg:
 
 def _compare(gen: np.ndarray, train: np.ndarray, held: np.ndarray, permutations: int,
              seed: int) -> dict[str, Any]:
-    """FID, MMD and memorisation of generated and held-out features against train features."""
-    bandwidth = median_bandwidth(np.concatenate([train, held]))  # one kernel for both rows
-    mmd_gen, p_gen = mmd(gen, train, bandwidth, permutations, seed)
-    mmd_held, p_held = mmd(held, train, bandwidth, permutations, seed)
+    """FID, MMD and memorisation of generated and held-out features against train features.
+    Each MMD uses the published kernel with the median of its own pooled sample (as the
+    published evaluation computes every comparison)."""
+    mmd_gen, p_gen = mmd(gen, train, "median", permutations, seed)
+    mmd_held, p_held = mmd(held, train, "median", permutations, seed)
     return {
         "fid": {"generated_vs_train": fid(gen, train), "heldout_vs_train": fid(held, train)},
         "mmd2": {"generated_vs_train": mmd_gen, "generated_p_value": p_gen,
                  "heldout_vs_train": mmd_held, "heldout_p_value": p_held,
-                 "bandwidth": bandwidth, "permutations": permutations},
+                 "kernel": MMD_KERNEL,
+                 "bandwidth_generated": median_bandwidth(np.concatenate([gen, train])),
+                 "bandwidth_heldout": median_bandwidth(np.concatenate([held, train])),
+                 "permutations": permutations},
         "memorisation": memorisation(gen, train, held),
     }
 
 
-def _diversity_pair(fake: torch.Tensor, real: Any, root: PathLike, size: int, n_pairs: int,
-                    seed: int, device: torch.device, progress: bool, cache_dir: Path | None
-                    ) -> dict[str, Any]:
-    """Mean MS-SSIM of random generated pairs and of random real pairs (real ones cached)."""
-    key = hashlib.sha256(f"ms-ssim v1|{size}|{data_fingerprint(root)}|{n_pairs}|{seed}"
+def _diversity_pair(fake: torch.Tensor, real: Any, root: PathLike, files: list[str], size: int,
+                    n_pairs: int, seed: int, device: torch.device, progress: bool,
+                    cache_dir: Path | None) -> dict[str, Any]:
+    """Mean MS-SSIM of random generated pairs and of random pairs of the real volumes ``real``
+    (``files`` of the dataset at ``root``; their values are cached)."""
+    names = hashlib.sha256("\n".join(files).encode()).hexdigest()
+    key = hashlib.sha256(f"ms-ssim v2|{size}|{data_fingerprint(root)}|{names}|{n_pairs}|{seed}"
                          .encode()).hexdigest()[:16]
     path = None if cache_dir is None else cache_dir / f"ms_ssim_{key}.npz"
     real_values = cached(path, key, lambda: pairwise_ms_ssim(real, n_pairs, seed, device=device,
@@ -583,7 +778,7 @@ def _diversity_pair(fake: torch.Tensor, real: Any, root: PathLike, size: int, n_
     gen_values = pairwise_ms_ssim(fake, n_pairs, seed, device=device, progress=progress)
     return {"generated": float(gen_values.mean()), "real": float(real_values.mean()),
             "generated_pairs": len(gen_values), "real_pairs": len(real_values),
-            "scales": ms_ssim_scales(size)}
+            "n_real": len(real), "scales": ms_ssim_scales(size)}
 
 
 def _fmt(value: float | None) -> str:
@@ -591,11 +786,13 @@ def _fmt(value: float | None) -> str:
 
 
 def format_table(report: dict[str, Any]) -> str:
-    """The report as a table in which every number names extractor, weights, N and resolution."""
+    """The report as a table in which every number names extractor, weights, N and resolution,
+    followed by the reference used (held-out or, if none exists, a labelled train subset)."""
     r, m = report, report["metrics"]
     mm, mem, ms = m["mmd2"], m["memorisation"], m["ms_ssim"]
+    ref = r.get("reference", {})
+    base = ref.get("baseline_label", "real-heldout")
     res = f"{r['resolution']}^3"
-    n_real = r["n_real_train"] + (r["n_real_heldout"] if "seeded" in r["heldout"] else 0)
     feat = (r["extractor"], r["weights_sha256"][:SHORT_HASH], res)
     vox = ("voxels (no extractor)", "-", res)
     gen = f"{r['n_generated']} vs {r['n_real_train']}"
@@ -603,36 +800,43 @@ def format_table(report: dict[str, Any]) -> str:
     rows = [
         ("metric", "comparison", "value", "N", "extractor", "weights sha256", "resolution"),
         ("FID", "generated vs real-train", _fmt(m["fid"]["generated_vs_train"]), gen, *feat),
-        ("FID", "real-heldout vs real-train", _fmt(m["fid"]["heldout_vs_train"]), held, *feat),
+        ("FID", f"{base} vs real-train", _fmt(m["fid"]["heldout_vs_train"]), held, *feat),
         ("MMD^2 (p)", "generated vs real-train",
          f"{_fmt(mm['generated_vs_train'])} (p={_fmt(mm['generated_p_value'])})", gen, *feat),
-        ("MMD^2 (p)", "real-heldout vs real-train",
+        ("MMD^2 (p)", f"{base} vs real-train",
          f"{_fmt(mm['heldout_vs_train'])} (p={_fmt(mm['heldout_p_value'])})", held, *feat),
         ("NN distance", "generated -> real-train", _fmt(mem["generated_median"]), gen, *feat),
-        ("NN distance", "real-heldout -> real-train", _fmt(mem["heldout_median"]), held, *feat),
+        ("NN distance", f"{base} -> real-train", _fmt(mem["heldout_median"]), held, *feat),
         ("MS-SSIM", "generated pairs", _fmt(ms["generated"]),
          f"{r['n_generated']} ({ms['generated_pairs']} pairs)", *vox),
-        ("MS-SSIM", "real pairs", _fmt(ms["real"]), f"{n_real} ({ms['real_pairs']} pairs)", *vox),
+        ("MS-SSIM", "real-train pairs", _fmt(ms["real"]),
+         f"{ms.get('n_real', r['n_real_train'])} ({ms['real_pairs']} pairs)", *vox),
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = [f"hagan evaluate: {r['checkpoint']} vs {r['data']}"]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
-    lines.append(f"memorisation: median NN-distance ratio generated/held-out {_fmt(mem['ratio'])};"
-                 f" {mem['fraction_closer_than_any_heldout']:.0%} of generated volumes are closer "
-                 "to a training volume than any held-out volume is")
+    if mem.get("valid", True):
+        lines.append(f"memorisation: median NN-distance ratio generated/held-out "
+                     f"{_fmt(mem['ratio'])}; {mem['fraction_closer_than_any_heldout']:.0%} of "
+                     "generated volumes are closer to a training volume than any held-out "
+                     "volume is")
+    else:
+        lines.append("memorisation: not measured (no held-out volumes to compare with)")
     lines.append(f"lower FID / MMD^2 = closer to real: compare each with its real-vs-real row. "
-                 f"MS-SSIM ({ms['scales']} scales): lower = more diverse. "
-                 f"Held-out: {r['heldout']}.")
+                 f"MMD kernel {mm.get('kernel', MMD_KERNEL)}. "
+                 f"MS-SSIM ({ms['scales']} scales): lower = more diverse.")
+    lines.append(f"Reference: {r['heldout']}")
     return "\n".join(lines)
 
 
-# --- CLI: hagan evaluate CKPT --data DIR [--extractor ...] [--weights FILE] [--n N] [--out F] --
+# --- CLI: hagan evaluate CKPT [--data DIR] [--heldout DIR] [--extractor ...] [--n N] [--out F] -
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", help="checkpoint file or run folder (newest checkpoint)")
-    p.add_argument("--data", required=True, help="prepared dataset of real volumes (the "
-                   "training data); split into train/held-out halves unless --heldout is given")
+    p.add_argument("checkpoint", help="run folder (newest checkpoint), checkpoint or weights file")
+    p.add_argument("--data", default=None, help="prepared dataset the model was trained on "
+                   "(default: the one the run recorded)")
     p.add_argument("--heldout", default=None,
-                   help="prepared dataset of real volumes the generator never saw (optional)")
+                   help="prepared dataset of volumes the model never saw (default: the run's "
+                   "recorded held-out split; refused if it holds training volumes)")
     p.add_argument("--extractor", default="random", choices=EXTRACTORS,
                    help="feature network: random (offline, seeded), encoder (the checkpoint's "
                    "E^G(E^H(x))) or medicalnetN with --weights (default: random)")
@@ -645,21 +849,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="cache of real features (default DATA/.hagan_cache)")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
     p.add_argument("--seed", type=int, default=0,
-                   help="seed of latents, real split, pairs and permutations (default 0)")
+                   help="seed of latents, pairs and permutations (default 0)")
     p.add_argument("--batch-size", type=int, default=2, help="volumes per forward pass")
     p.add_argument("--permutations", type=int, default=PERMUTATIONS,
                    help=f"MMD permutation-test draws, 0 for none (default {PERMUTATIONS})")
     p.add_argument("--pairs", type=int, default=MS_SSIM_PAIRS,
                    help=f"random pairs for MS-SSIM diversity (default {MS_SSIM_PAIRS})")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
 
 
 def main(args: argparse.Namespace) -> int:
-    report = evaluate(args.checkpoint, args.data, extractor=args.extractor, weights=args.weights,
-                      n=args.n, out=args.out, cache_dir=args.cache_dir, seed=args.seed,
-                      device=args.device, heldout=args.heldout, batch_size=args.batch_size,
-                      permutations=args.permutations, n_pairs=args.pairs,
-                      use_cache=not args.no_cache, force=args.force)
+    from contextlib import nullcontext
+
+    from .fileio import lock_file
+
+    with lock_file(args.out, "hagan evaluate") if args.out else nullcontext():
+        report = evaluate(args.checkpoint, args.data, extractor=args.extractor,
+                          weights=args.weights, n=args.n, out=args.out,
+                          cache_dir=args.cache_dir, seed=args.seed, device=args.device,
+                          heldout=args.heldout, batch_size=args.batch_size,
+                          permutations=args.permutations, n_pairs=args.pairs,
+                          use_cache=not args.no_cache, force=args.force)
     print(format_table(report))
     if args.out:
         print(f"wrote {args.out}")

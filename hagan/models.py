@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import Config
+from .slab import crop_feature_slab, slab_position
+from .upsample import UpsampleConv3d, chunked_upsample_norm_upsample
 
 NORM_GROUPS = 8  # every GroupNorm of G, E and E^G uses 8 groups (official code)
 LEAK = 0.2  # LeakyReLU slope of the discriminator
@@ -40,13 +42,16 @@ class SpectralNorm(nn.Module):
     """
 
     eps = 1e-12
+    weight: torch.Tensor  # of the layer it is mixed into
+    u0: torch.Tensor
+    sv0: torch.Tensor
 
     def _init_sn(self, out_features: int) -> None:
         self.register_buffer("u0", torch.randn(1, out_features))
         self.register_buffer("sv0", torch.ones(1))
 
     def normalised_weight(self) -> torch.Tensor:
-        weight: torch.Tensor = self.weight  # type: ignore[attr-defined]
+        weight = self.weight
         w = weight.reshape(weight.size(0), -1)  # (out, in * k^3); a copy if channels-last
         with torch.no_grad():
             v = F.normalize(self.u0 @ w, eps=self.eps)  # (1, in * k^3)
@@ -82,201 +87,25 @@ class SNLinear(nn.Linear, SpectralNorm):
         return F.linear(x, self.normalised_weight(), self.bias)
 
 
-# Nearest x2 upsampling followed by a 3-tap convolution, per axis and output phase p in {0, 1}:
-# output 2i+p reads upsampled inputs 2i+p-1 .. 2i+p+1, i.e. original inputs (i-1, i, i) for p = 0
-# and (i, i, i+1) for p = 1. So each phase is a 2-tap convolution of the ORIGINAL input whose taps
-# are sums of the 3 original taps: _PHASE_TAPS[p] @ (w0, w1, w2).
-_PHASE_TAPS = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]],  # p = 0: taps on (i-1, i)
-                            [[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]]])  # p = 1: taps on (i, i+1)
-# The same map is a stride-2 transposed convolution with 4 taps (padding 1): input i reaches
-# outputs 2i-1+k, k = 0..3, so output 2i gets x[i-1] through tap 3 and x[i] through tap 1, and
-# output 2i+1 gets x[i] through tap 2 and x[i+1] through tap 0. Tap k = _TRANSPOSED_TAPS[k] @ w.
-_TRANSPOSED_TAPS = torch.tensor([[0.0, 0.0, 1.0],   # tap 0: w2        (output 2i+1, input i+1)
-                                 [0.0, 1.0, 1.0],   # tap 1: w1 + w2   (output 2i,   input i)
-                                 [1.0, 1.0, 0.0],   # tap 2: w0 + w1   (output 2i+1, input i)
-                                 [1.0, 0.0, 0.0]])  # tap 3: w0        (output 2i,   input i-1)
-# Below this many output channels the transposed form is slower on CPU (paper G^H's last conv,
-# 32 -> 1 channel: 23 ms vs 6 ms forward), so those layers keep the sub-pixel form.
-MIN_TRANSPOSED_CHANNELS = 8
-
-
-def phase_weights(weight: torch.Tensor) -> torch.Tensor:
-    """The 8 sub-pixel kernels of a 3^3 kernel: (C_out, C_in, 3, 3, 3) -> (8 C_out, C_in, 2, 2, 2),
-    output channel ``8 o + 4 p + 2 q + r`` holding phase (p, q, r) of channel o."""
-    taps = _PHASE_TAPS.to(weight)
-    # (C_out, C_in, 3, 3, 3) -> (C_out, p, q, r, C_in, 2, 2, 2) -> (8 C_out, C_in, 2, 2, 2)
-    w = torch.einsum("pad,qbe,rcf,oidef->opqriabc", taps, taps, taps, weight)
-    return w.reshape(weight.shape[0] * 8, weight.shape[1], 2, 2, 2)
-
-
-def _phase_weights_adjoint(grad: torch.Tensor) -> torch.Tensor:
-    taps = _PHASE_TAPS.to(grad)
-    c_out, c_in = grad.shape[0] // 8, grad.shape[1]
-    g = grad.reshape(c_out, 2, 2, 2, c_in, 2, 2, 2)
-    return torch.einsum("pad,qbe,rcf,opqriabc->oidef", taps, taps, taps, g)
-
-
-def transposed_weights(weight: torch.Tensor) -> torch.Tensor:
-    """A 3^3 kernel as the kernel of a stride-2 transposed conv that includes the x2 nearest
-    upsampling: (C_out, C_in, 3, 3, 3) -> (C_in, C_out, 4, 4, 4)."""
-    taps = _TRANSPOSED_TAPS.to(weight)
-    return torch.einsum("kd,le,mf,oidef->ioklm", taps, taps, taps, weight).contiguous()
-
-
-def _transposed_weights_adjoint(grad: torch.Tensor) -> torch.Tensor:
-    taps = _TRANSPOSED_TAPS.to(grad)
-    return torch.einsum("kd,le,mf,ioklm->oidef", taps, taps, taps, grad)
-
-
-# form -> (transform of the 3^3 weight, adjoint of that linear transform)
-_WEIGHT_FORMS = {"phase": (phase_weights, _phase_weights_adjoint),
-                 "transposed": (transposed_weights, _transposed_weights_adjoint)}
-
-
-class _AttachWeightGrad(torch.autograd.Function):
-    """Passes precomputed transformed kernels through; backward maps their gradient to the 3^3
-    weight with the adjoint of the (linear) transform."""
-
-    @staticmethod
-    def forward(ctx, weight: torch.Tensor, transformed: torch.Tensor,  # noqa: ARG004
-                form: str) -> torch.Tensor:
-        ctx.form = form
-        return transformed.view_as(transformed)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        return _WEIGHT_FORMS[ctx.form][1](grad), None, None
-
-
-class UpsampleKernelCache:
-    """Keeps the transformed kernels of each 3^3 weight (see :func:`upsample_conv3d`) until that
-    weight changes.
-
-    The generator's training passes see the same weights several times: the D step's fake, the
-    G step, and after G's update the E^H and E^G steps. Transforming a 512x512 trunk kernel
-    costs about 50 ms on 2 CPU cores, so the trainer transforms each weight once per update
-    instead of once per pass. An entry is dropped when its weight's storage or version counter
-    changes (``load_state_dict``, foreach/for-loop optimizers, any in-place op), but fused
-    optimizer steps and writes through ``.data`` leave the version counter alone in torch 2.13:
-    whoever updates weights that way must call :meth:`clear` afterwards (the trainer does, after
-    every G update). Entries carry no autograd graph: with gradients on,
-    :class:`_AttachWeightGrad` routes them to the weight. Transforms run in the weight's own
-    precision, outside autocast.
-    """
-
-    def __init__(self) -> None:
-        self._entries: dict[tuple[int, str], tuple[tuple, torch.Tensor]] = {}
-
-    def get(self, weight: torch.Tensor, form: str) -> torch.Tensor:
-        key = (weight.data_ptr(), weight._version, weight.dtype, weight.device, weight.shape)
-        entry = self._entries.get((id(weight), form))
-        if entry is None or entry[0] != key:
-            with torch.no_grad(), torch.autocast(weight.device.type, enabled=False):
-                entry = (key, _WEIGHT_FORMS[form][0](weight))
-            self._entries[(id(weight), form)] = entry
-        if torch.is_grad_enabled() and weight.requires_grad:
-            return _AttachWeightGrad.apply(weight, entry[1], form)
-        return entry[1]
-
-    def clear(self) -> None:
-        self._entries.clear()
-
-
-def upsample_conv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                    depth_halo: bool = False, out: torch.Tensor | None = None,
-                    cache: UpsampleKernelCache | None = None) -> torch.Tensor:
-    """``conv3d(interpolate(x, scale_factor=2, mode="nearest"), weight, bias, padding=1)``, exactly
-    (to rounding), with 27/8 = 3.4x fewer multiply-adds and without building the upsampled input.
-
-    Per axis, each output phase (even or odd voxel) reads only two original inputs, with taps that
-    are sums of the three 3^3 taps. Two equivalent ways to run that:
-
-    * ``C_out >= MIN_TRANSPOSED_CHANNELS``: one stride-2 transposed convolution with a 4^3 kernel
-      (:func:`transposed_weights`), which writes the interleaved (2D, 2H, 2W) grid directly.
-    * fewer output channels (G^H's last conv): one 2^3 convolution with 8x the output channels,
-      one per phase (:func:`phase_weights`), whose outputs are interleaved into the grid.
-
-    Differentiable (used in training too).
-
-    Args:
-        x: (B, C_in, D, H, W). With ``depth_halo=True``, its first and last depth slices are the
-            neighbours of the wanted block (zeros at the volume boundary) and the result covers
-            only the D - 2 inner slices: (B, C_out, 2(D-2), 2H, 2W). This is how G^H runs slab-wise.
-        weight: (C_out, C_in, 3, 3, 3); bias: (C_out,) or None.
-        out: Optional destination (inference only), e.g. a depth range of a larger volume.
-        cache: Optional :class:`UpsampleKernelCache` to reuse the transformed weight.
-    """
-    c_out = weight.shape[0]
-    form = "transposed" if c_out >= MIN_TRANSPOSED_CHANNELS else "phase"
-    if cache is None or torch.compiler.is_compiling():
-        w = _WEIGHT_FORMS[form][0](weight)
-    else:
-        w = cache.get(weight, form)
-    if form == "transposed":
-        # depth_halo: padding 3 drops the two halo slices' own outputs (2 voxels each side)
-        y = F.conv_transpose3d(x, w, bias, stride=2, padding=(3 if depth_halo else 1, 1, 1))
-        return y if out is None else out.copy_(y)
-    b = bias.repeat_interleave(8) if bias is not None else None
-    depth_pad = 0 if depth_halo else 1
-    if depth_pad and x.shape[2] == 1:
-        # torch 2.13's CPU conv3d returns garbage bf16 weight gradients (1e34, NaN) for a depth-1
-        # input with depth padding 1 (tiny32's slab features); zero-padding by hand avoids it.
-        x, depth_pad = F.pad(x, (0, 0, 0, 0, 1, 1)), 0
-    y = F.conv3d(x, w, b, padding=(depth_pad, 1, 1))  # (B, 8 C_out, D'+1, H+1, W+1)
-    B, _, d1, h1, w1 = y.shape
-    d, h, wd = d1 - 1, h1 - 1, w1 - 1
-    if torch.compiler.is_compiling():
-        # torch.compile cannot trace the strided view below: 8 slice copies instead (measured on
-        # an H100, paper256 batch 4 eager training: 0.179 s/iteration this way, 0.144 s strided).
-        y = y.view(B, c_out, 2, 2, 2, d1, h1, w1)
-        phases = y.new_empty(B, c_out, d, 2, h, 2, wd, 2)
-        for p in (0, 1):
-            for q in (0, 1):
-                for r in (0, 1):  # phase (p, q, r) of output voxel i reads conv output i + phase
-                    phases[:, :, :, p, :, q, :, r] = y[:, :, p, q, r, p:p + d, q:q + h, r:r + wd]
-    else:
-        # Phase p of output voxel i is conv output i + p of channel block p, so one strided view
-        # reads all 8 phases at once (phase stride = channel-block stride + spatial stride).
-        y = y.contiguous()
-        sb, sc, sd, sh, sw = y.stride()
-        phases = y.as_strided((B, c_out, d, 2, h, 2, wd, 2),
-                              (sb, 8 * sc, sd, 4 * sc + sd, sh, 2 * sc + sh, sw, sc + sw),
-                              y.storage_offset())
-    if out is None:
-        return phases.reshape(B, c_out, 2 * d, 2 * h, 2 * wd)
-    out.view(B, c_out, d, 2, h, 2, wd, 2).copy_(phases)
-    return out
-
-
-def _depth_window(x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-    """Depth slices start-1 .. stop of x (B, C, D, H, W), zeros outside the volume."""
-    lo, hi = max(start - 1, 0), min(stop + 1, x.shape[2])
-    window = x[:, :, lo:hi]
-    return F.pad(window, (0, 0, 0, 0, lo - (start - 1), (stop + 1) - hi))
-
-
 class ConvBlock(nn.Module):
     """Conv3d -> GroupNorm(8) -> ReLU, optionally preceded by a x2 nearest upsampling.
 
-    The upsampling + 3^3 convolution pair runs as one stride-2 transposed convolution
-    (:func:`upsample_conv3d`): the same function of the same weights, 3.4x cheaper.
+    With ``upsample=True`` the upsampling and the 3^3 convolution are one layer,
+    :class:`~hagan.upsample.UpsampleConv3d` (the same function of the same ``conv.weight``).
     """
 
     def __init__(self, c_in: int, c_out: int, kernel: int = 3, stride: int = 1, padding: int = 1,
                  upsample: bool = False) -> None:
         super().__init__()
         self.upsample = upsample
-        self.conv = nn.Conv3d(c_in, c_out, kernel, stride, padding)
+        if upsample and (kernel, stride, padding) != (3, 1, 1):
+            raise ValueError("an upsampling ConvBlock has a 3^3 conv with stride 1, padding 1")
+        self.conv = UpsampleConv3d(c_in, c_out) if upsample else nn.Conv3d(
+            c_in, c_out, kernel, stride, padding)
         self.norm = nn.GroupNorm(NORM_GROUPS, c_out)
-        self.kernel_cache: UpsampleKernelCache | None = None  # see Generator.cache_upsample_kernels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.upsample and self.conv.kernel_size == (3, 3, 3):
-            x = upsample_conv3d(x, self.conv.weight, self.conv.bias, cache=self.kernel_cache)
-        else:
-            if self.upsample:
-                x = F.interpolate(x, scale_factor=2, mode="nearest")
-            x = self.conv(x)
+        x = self.conv(x)
         # In place: GroupNorm's backward needs its input, not its output, so the output buffer
         # can hold the ReLU (one activation-sized allocation less per block and pass).
         return F.relu(self.norm(x), inplace=True)
@@ -363,57 +192,20 @@ class HighResHead(nn.Module):
         super().__init__()
         c_feat, c_mid = cfg.channels(64), cfg.channels(32)
         self.block = ConvBlock(c_feat, c_mid, upsample=True)
-        self.out = nn.Conv3d(c_mid, 1, 3, 1, 1)
-        self.kernel_cache: UpsampleKernelCache | None = None  # see Generator.cache_upsample_kernels
+        self.out = UpsampleConv3d(c_mid, 1)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         h = self.block(h)  # (B, 32, 2d, S/2, S/2)
-        # x2 nearest upsampling + conv as one sub-pixel conv:
-        # (B, 32, 2d, S/2, S/2) -> (B, 1, 4d, S, S)
-        return torch.tanh(upsample_conv3d(h, self.out.weight, self.out.bias,
-                                          cache=self.kernel_cache))
+        return torch.tanh(self.out(h))  # x2 upsampling + conv: (B, 1, 4d, S, S)
 
     @torch.no_grad()
     def forward_chunked(self, h: torch.Tensor, chunk: int = 16) -> torch.Tensor:
-        """The same as ``forward`` (inference only), ``chunk`` feature slices at a time.
-
-        Peak memory drops from ~5.7 GiB to well under 1 GiB for a 256^3 volume: the
-        (B, 32, S/2, S/2, S/2) intermediate is kept (it is needed whole for its GroupNorm
-        statistics, which are computed exactly over the full volume), but the upsampled inputs
-        and the (B, 32, S, S, S) tensor before the last conv never exist.
-        """
-        conv, norm = self.block.conv, self.block.norm
-        B, _, D, H, W = h.shape
-        mid = h.new_empty(B, conv.out_channels, 2 * D, 2 * H, 2 * W)  # (B, 32, 2D, 2H, 2W)
-        G, steps = norm.num_groups, range(0, 2 * D, 2 * chunk)
-        total = torch.zeros(B, G, dtype=torch.float64, device=h.device)
-        for a in range(0, D, chunk):  # 1) upsample + conv, slab-wise with a one-slice halo
-            b = min(a + chunk, D)
-            piece = upsample_conv3d(_depth_window(h, a, b), conv.weight, conv.bias,
-                                    depth_halo=True, out=mid[:, :, 2 * a:2 * b])
-            total += piece.reshape(B, G, -1).sum(dim=2, dtype=torch.float64)
-        # 2) GroupNorm with exact statistics of the whole volume (two passes), ReLU, in place
-        per_channel = conv.out_channels // G
-        count = mid[0, 0].numel() * per_channel  # voxels per group
-        mean = (total / count).to(mid.dtype)  # (B, G)
-        var = torch.zeros_like(total)
-        for a in steps:
-            piece = mid[:, :, a:a + 2 * chunk].reshape(B, G, -1)
-            var += ((piece - mean[:, :, None]) ** 2).sum(dim=2, dtype=torch.float64)
-        var = (var / count).to(mid.dtype)
-        scale = (var + norm.eps).rsqrt().repeat_interleave(per_channel, dim=1)  # (B, C)
-        shift = norm.bias - mean.repeat_interleave(per_channel, dim=1) * scale * norm.weight
-        scale = (scale * norm.weight)[:, :, None, None, None]
-        shift = shift[:, :, None, None, None]
-        for a in steps:
-            mid[:, :, a:a + 2 * chunk].mul_(scale).add_(shift).clamp_(min=0)
-        # 3) upsample + last conv + tanh, slab-wise
-        out = h.new_empty(B, 1, 4 * D, 4 * H, 4 * W)
-        for a in range(0, 2 * D, 2 * chunk):
-            b = min(a + 2 * chunk, 2 * D)
-            upsample_conv3d(_depth_window(mid, a, b), self.out.weight, self.out.bias,
-                            depth_halo=True, out=out[:, :, 2 * a:2 * b]).tanh_()
-        return out
+        """The same as ``forward`` (inference only), ``chunk`` feature slices at a time, with the
+        GroupNorm statistics of the whole volume: far less memory for a 256^3 volume (see
+        :func:`hagan.upsample.chunked_upsample_norm_upsample`)."""
+        block = self.block
+        assert isinstance(block.conv, UpsampleConv3d)
+        return chunked_upsample_norm_upsample(h, block.conv, block.norm, self.out, chunk).tanh_()
 
 
 class Generator(nn.Module):
@@ -435,7 +227,6 @@ class Generator(nn.Module):
         self.trunk = Trunk(cfg)
         self.low_res_head = LowResHead(cfg)
         self.high_res_head = HighResHead(cfg)
-        self.kernel_cache: UpsampleKernelCache | None = None  # see cache_upsample_kernels
 
     def features(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Trunk only: z (B, latent_dim) -> features (B, 64, S/4, S/4, S/4)."""
@@ -451,20 +242,16 @@ class Generator(nn.Module):
         """Training pass: (slab (B, 1, S/8, S, S), low (B, 1, S/4, S/4, S/4)) for slab start c."""
         h = self.features(z, labels)  # (B, 64, S/4, S/4, S/4)
         low = self.low_res_head(h)  # (B, 1, S/4, S/4, S/4)
-        start = int(crop) // 4
-        h_slab = h[:, :, start:start + self.feature_slab_depth]  # (B, 64, S/32, S/4, S/4)
+        h_slab = crop_feature_slab(h, int(crop))  # (B, 64, S/32, S/4, S/4) at c // 4
         return self.high_res_head(h_slab), low
 
     def cache_upsample_kernels(self, enabled: bool = True) -> None:
-        """Transform each upsampling conv's weight once per change instead of once per pass (see
-        :class:`UpsampleKernelCache`). Results are unchanged, but whoever updates the weights with
-        a fused optimizer must call ``G.kernel_cache.clear()`` after each step, as the trainer
-        does."""
-        cache = UpsampleKernelCache() if enabled else None
-        self.kernel_cache = cache
+        """Let each upsampling conv keep its transformed weight until the weight changes, instead
+        of transforming it in every pass (see :class:`~hagan.upsample.UpsampleConv3d`). Results
+        are unchanged; the trainer turns it on (four G passes per update)."""
         for m in self.modules():
-            if isinstance(m, (ConvBlock, HighResHead)):
-                m.kernel_cache = cache
+            if isinstance(m, UpsampleConv3d):
+                m.cache_kernels = enabled  # (re)starts with an empty cache
 
     def decode_slab(self, features: torch.Tensor) -> torch.Tensor:
         """G^H alone: features (B, 64, d, S/4, S/4) -> image (B, 1, 4d, S, S)."""
@@ -559,22 +346,27 @@ class Discriminator(nn.Module):
     """D = (D^H + D^L) / 2, judging (slab, low-res image, slab position) together.
 
     ``D(slab, low, crop)`` returns ``(logit (B, 1), class_logits (B, nc) or None)``; both are the
-    mean of the D^H and D^L outputs, as in the published code.
+    mean of the D^H and D^L outputs, as in the published code. ``cfg.low_res_critic=False``
+    (an ablation, not the paper) leaves D^L out: its place answers 0, so D = D^H / 2.
     """
 
     def __init__(self, cfg: Config) -> None:
         super().__init__()
-        self.max_slab_start = cfg.max_slab_start
+        self.size = cfg.size
         self.high_res = HighResDiscriminator(cfg)
-        self.low_res = LowResDiscriminator(cfg)
+        self.low_res = LowResDiscriminator(cfg) if cfg.low_res_critic else None
 
     def forward(self, slab: torch.Tensor, low: torch.Tensor, crop: int | torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
         B = slab.shape[0]
-        position = torch.as_tensor(crop, dtype=torch.float32, device=slab.device)
-        position = position.expand(B) / self.max_slab_start  # c / (7S/8) in [0, 1]
+        start = torch.as_tensor(crop, dtype=torch.float32, device=slab.device).expand(B)
+        position = torch.as_tensor(slab_position(start, self.size))  # c / (7S/8) in [0, 1]
         logit_h, cls_h = self.high_res(slab, position)
-        logit_l, cls_l = self.low_res(low)
+        if self.low_res is not None:
+            logit_l, cls_l = self.low_res(low)
+        else:  # the ablation without D^L
+            logit_l = torch.zeros_like(logit_h)
+            cls_l = None if cls_h is None else torch.zeros_like(cls_h)
         cls = None if cls_h is None or cls_l is None else (cls_h + cls_l) / 2
         return (logit_h + logit_l) / 2, cls
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import PathLike
+from .errors import HaganError, RunError, explain
 
 logger = logging.getLogger(__name__)
 
@@ -29,9 +30,11 @@ REPO_NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"  # editable i
 SOLUTIONS = "solutions"
 KERNEL_NAME = "python3"  # the kernel `make setup` installs into the venv
 CELL_TIMEOUT_S = 1800  # one cell may run this long (training at CPU scale is the longest)
+# The kernel logs only errors: not the "running over TCP without encryption" warning per notebook.
+KERNEL_ARGS = ["--IPKernelApp.log_level=ERROR"]
 
 
-class NotebookError(RuntimeError):
+class NotebookError(RunError):
     """A notebook failed; the message names it and where its executed copy is."""
 
 
@@ -39,14 +42,15 @@ def notebook_paths(notebook_dir: PathLike | None = None) -> list[Path]:
     """The notebooks in execution order: ``NN_*.ipynb``, then ``solutions/NN_*.ipynb``.
 
     Raises:
-        FileNotFoundError: the folder holds no notebooks (e.g. a non-editable install).
+        RunError: the folder holds no notebooks (e.g. a non-editable install).
     """
     folder = Path(notebook_dir) if notebook_dir else REPO_NOTEBOOKS
     paths = sorted(folder.glob("[0-9][0-9]_*.ipynb"))
     paths += sorted((folder / SOLUTIONS).glob("[0-9][0-9]_*.ipynb"))
     if not paths:
-        raise FileNotFoundError(f"no notebooks found in {folder}; run from a checkout of "
-                                "hagan-kit (pip install -e .) or pass --notebooks DIR")
+        raise RunError(explain("notebook folder", "NN_*.ipynb notebooks", f"none in {folder}",
+                               "Run from a checkout of hagan-kit (pip install -e .) or pass "
+                               "--notebooks DIR."))
     return paths
 
 
@@ -74,13 +78,29 @@ def to_html(ipynb: Path) -> Path:
     return html
 
 
+def error_summary(exc: BaseException) -> str:
+    """One line for a failed notebook: the exception raised in the cell and the cell's number.
+
+    papermill's ``PapermillExecutionError`` carries the cell's ``ename``/``evalue``/``exec_count``;
+    other errors (a kernel that died, a timeout) are named by their type and first line.
+    """
+    ename, evalue = getattr(exc, "ename", None), getattr(exc, "evalue", None)
+    if ename:
+        cell = getattr(exc, "exec_count", None)
+        where = f" in cell [{cell}]" if cell is not None else ""
+        first = str(evalue).strip().splitlines()[0] if str(evalue).strip() else ""
+        return f"{ename}{where}: {first}"
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"
+
+
 def run_notebook(path: Path, out_path: Path, work_dir: PathLike, smoke: bool,
                  html: bool = True) -> dict[str, Any]:
     """Execute one notebook with papermill into ``out_path`` (and its HTML next to it).
 
     Returns:
         ``name``, ``seconds`` (wall), ``cpu_seconds`` (user + system time of the kernel process),
-        ``ok`` and ``error`` (the papermill error text, if any).
+        ``ok`` and ``error`` (one line: the exception a cell raised, see :func:`error_summary`).
     """
     import papermill as pm
 
@@ -90,12 +110,16 @@ def run_notebook(path: Path, out_path: Path, work_dir: PathLike, smoke: bool,
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     error = ""
+    logging.getLogger("papermill").setLevel(logging.WARNING)  # no "Input Notebook: ..." banners
     try:
+        # coalesce_streams: each cell's stdout/stderr is one block with carriage returns applied,
+        # so that a text progress bar is saved in its final state (100 %), not as every redraw.
         pm.execute_notebook(str(path), str(out_path), parameters=parameters_for(path, work, smoke),
                             kernel_name=KERNEL_NAME, cwd=str(work), progress_bar=False,
-                            log_output=False, execution_timeout=CELL_TIMEOUT_S)
+                            log_output=False, execution_timeout=CELL_TIMEOUT_S,
+                            extra_arguments=KERNEL_ARGS, coalesce_streams=True)
     except Exception as exc:  # papermill raises its own and nbclient's errors
-        error = f"{type(exc).__name__}: {exc}"
+        error = error_summary(exc)
     seconds = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -136,7 +160,9 @@ def run_all(out_dir: PathLike, work_dir: PathLike, smoke: bool,
         print(f"[{i:>2}/{len(paths)}] {path.stem:<48} {res['seconds']:7.1f} s "
               f"(CPU {res['cpu_seconds']:.1f} s) {status}", flush=True)
         if not res["ok"]:
-            failed.append(f"{path.name} (see {target}): {res['error'].splitlines()[0]}")
+            print(f"        {res['error']}", flush=True)
+            failed.append(f"{path.name}: {res['error']} (the executed copy {target} shows the "
+                          "cell)")
     total = sum(r["seconds"] for r in results)
     print(f"all notebooks: {total:.1f} s ({total / 60:.1f} min); executed copies and HTML in {out}")
     (out / "timings.json").write_text(json.dumps({"mode": mode, "notebooks": results}, indent=2)
@@ -157,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     try:
         run_all(args.out, args.work or Path(args.out) / "work", args.smoke, args.notebooks)
-    except (NotebookError, FileNotFoundError) as exc:
+    except HaganError as exc:
         print(f"notebook_runner: error: {exc}", file=sys.stderr)
         return 1
     return 0

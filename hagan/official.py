@@ -14,7 +14,10 @@ refused, never unpickled, because unpickling can run arbitrary code.
 Example (command line)::
 
     hagan import-official --size 256 --generator G_iter80000.pth --encoder E_iter80000.pth \\
-        --sub-encoder Sub_E_iter80000.pth --out copd256.pt
+        --sub-encoder Sub_E_iter80000.pth --out copd256.safetensors
+
+The result is one safetensors file (weights + config, see :mod:`hagan.weights`) whose SHA-256
+is printed, so that it can be shared and checked.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from torch import nn
 
 from .checkpoint import CheckpointError
 from .config import Config, PathLike, preset
+from .errors import ConfigError, RunError, explain
 from .models import Discriminator, Encoder, Generator, SubEncoder, count_parameters
 
 logger = logging.getLogger(__name__)
@@ -126,7 +130,7 @@ def to_official_state_dict(module: nn.Module, kind: str, size: int) -> dict[str,
         ``module.`` prefix of ``nn.DataParallel``).
 
     Raises:
-        ValueError: ``module`` has a layer the published ``size``^3 network does not have.
+        ConfigError: ``module`` has a layer the published ``size``^3 network does not have.
 
     Example:
         >>> from hagan.models import Encoder
@@ -138,10 +142,9 @@ def to_official_state_dict(module: nn.Module, kind: str, size: int) -> dict[str,
     try:
         return _rename(module.state_dict(), names)
     except KeyError as exc:
-        raise ValueError(
-            f"the kit {KIND_NAMES[kind]} has layer {exc.args[0]!r}, which the published "
-            f"{size}^3 network does not have; build it with Config(size={size}, width=1)"
-        ) from None
+        raise ConfigError(explain(
+            f"the kit {KIND_NAMES[kind]}", f"the layers of the published {size}^3 network",
+            f"layer {exc.args[0]!r}", f"Build it with Config(size={size}, width=1).")) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,13 +157,14 @@ def read_official_file(path: PathLike) -> dict[str, torch.Tensor]:
     or a bare state dict. Reads with ``torch.load(weights_only=True)`` only.
 
     Raises:
-        FileNotFoundError: ``path`` does not exist.
-        CheckpointError: not a torch file, holds non-tensor Python objects, or has no weights.
+        CheckpointError: ``path`` does not exist, is not a torch file, holds non-tensor Python
+            objects, or has no weights.
     """
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist; expected a published HA-GAN weight file "
-                                "such as G_iter80000.pth")
+        raise CheckpointError(explain("published weights", "an existing file such as "
+                                      "G_iter80000.pth", f"{path} (does not exist)",
+                                      "Check the path."))
     if not path.is_file():
         raise CheckpointError(f"{path} is not a file; expected a .pth file such as G_iter80000.pth")
     try:
@@ -277,10 +281,9 @@ def load_network(path: PathLike, kind: str, cfg: Config) -> nn.Module:
     """Load one published file into the matching kit network, in eval mode.
 
     Raises:
-        FileNotFoundError: ``path`` does not exist.
-        CheckpointError: the file is unreadable, unsafe, or does not fit the network of ``cfg``
-            (the message names the first differing weight and, when it fits another size,
-            latent size or class count, the options that would load it).
+        CheckpointError: the file does not exist, is unreadable, unsafe, or does not fit the
+            network of ``cfg`` (the message names the first differing weight and, when it fits
+            another size, latent size or class count, the options that would load it).
     """
     path = Path(path)
     state = read_official_file(path)
@@ -340,17 +343,18 @@ def load_official(size: int, generator: PathLike | None, encoder: PathLike | Non
         settings; ``generator.generate(z)`` gives (B, 1, S, S, S) volumes in [-1, 1].
 
     Raises:
-        ValueError: ``size`` is not 128 or 256, or no file was given.
-        FileNotFoundError: a file does not exist.
-        CheckpointError: a file is unreadable, unsafe, or does not fit (see :func:`load_network`).
+        ConfigError: ``size`` is not 128 or 256, or no file was given.
+        CheckpointError: a file does not exist, is unreadable, unsafe, or does not fit (see
+            :func:`load_network`).
     """
     if size not in OFFICIAL_SIZES:
-        raise ValueError(f"the published HA-GAN code has {OFFICIAL_SIZES[0]}^3 and "
-                         f"{OFFICIAL_SIZES[1]}^3 networks only, not {size}^3; pass --size 128 or "
-                         "--size 256")
+        raise ConfigError(explain("--size", f"{OFFICIAL_SIZES[0]} or {OFFICIAL_SIZES[1]} (the "
+                                  "published HA-GAN networks)", str(size),
+                                  "Pass --size 128 or --size 256."))
     files = {"G": generator, "D": discriminator, "E": encoder, "SubE": sub_encoder}
     if all(f is None for f in files.values()):
-        raise ValueError("no file given: pass at least the generator file (G_iter<N>.pth)")
+        raise ConfigError(explain("published files", "at least the generator file", "none",
+                                  "Pass --generator G_iter<N>.pth."))
     cfg = _config(size, latent_dim, num_classes)
     nets = {k: load_network(f, k, cfg) for k, f in files.items() if f is not None}
     return OfficialModels(config=cfg, generator=cast(Generator | None, nets.get("G")),
@@ -382,22 +386,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--latent-dim", type=int, default=1024,
                         help="length of z (published --latent-dim; default 1024)")
     parser.add_argument("--out", required=True, metavar="PATH",
-                        help="kit checkpoint to write, e.g. copd256.pt")
+                        help="kit weights file (safetensors) to write, e.g. copd256.safetensors")
     parser.add_argument("--force", action="store_true", help="overwrite --out if it exists")
 
 
 def main(args: argparse.Namespace) -> int:
-    """Convert published files to one kit checkpoint (usable by ``hagan generate``)."""
-    from .checkpoint import save_models
+    """Convert published files to one kit weights file (safetensors with the config in its
+    metadata, see :mod:`hagan.weights`; usable by ``hagan generate``) and print its SHA-256."""
+    from .weights import note_suffix, write_weights
 
     out = Path(args.out)
     if out.exists() and not args.force:
-        raise FileExistsError(f"{out} already exists; pass --force to overwrite it or choose "
-                              "another --out")
+        raise RunError(explain("--out", "a path that does not exist yet",
+                               f"{out} (already exists)",
+                               "Pass --force to overwrite it or choose another --out."))
     models = load_official(args.size, args.generator, encoder=args.encoder,
                            sub_encoder=args.sub_encoder, discriminator=args.discriminator,
                            num_classes=args.num_classes, latent_dim=args.latent_dim)
     nets = models.networks()
-    save_models(out, models.config, nets)
-    logger.info("wrote %s (%s, %d^3)", out, ", ".join(nets), args.size)
+    names = [Path(f).name for f in (args.generator, args.discriminator, args.encoder,
+                                    args.sub_encoder) if f]
+    digest = write_weights(out, models.config, nets,
+                           source="published HA-GAN files " + ", ".join(names))
+    print(f"wrote {out} ({', '.join(nets)}; {args.size}^3)")
+    print(f"sha256 {digest}")
+    note_suffix(out)
     return 0

@@ -15,6 +15,7 @@ left, increasing towards the right).
 from __future__ import annotations
 
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -125,11 +126,19 @@ def write_volume(path: PathLike, volume: np.ndarray,
 
 def write_dicom_series(folder: PathLike, volume: np.ndarray,
                        spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
-                       modality: str = "CT") -> Path:
+                       modality: str = "CT", positions: Sequence[float] | None = None,
+                       series: int = 1) -> Path:
     """Write a (z, y, x) HU volume as a DICOM series: one signed int16 file per axial slice.
 
     Stored values are HU rounded to integers (slope 1, intercept 0); position, orientation,
     spacing and instance number are set per slice, so any DICOM reader rebuilds the volume.
+
+    Args:
+        positions: z position in mm of each slice (default ``k * spacing[0]``); other values
+            make faulty series for tests (a gap, a slice far away, uneven steps).
+        series: Series number; series of the same volume with different numbers get
+            different SeriesInstanceUIDs (several series in one folder). Files are named
+            ``s<series>_slice_NNNN.dcm`` when ``series`` != 1.
     """
     import SimpleITK as sitk
 
@@ -140,20 +149,28 @@ def write_dicom_series(folder: PathLike, volume: np.ndarray,
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
     uid = "1.2.826.0.1.3680043.2.1125." + str(zlib.crc32(stored.tobytes()))  # deterministic
+    if positions is not None and len(positions) != image.GetDepth():
+        raise ValueError(f"positions: expected {image.GetDepth()} values (one per slice), "
+                         f"found {len(positions)}")
+    prefix = "" if series == 1 else f"s{series}_"
     direction = image.GetDirection()
     orientation = "\\".join(str(v) for v in (direction[0], direction[3], direction[6],
                                              direction[1], direction[4], direction[7]))
     for k in range(image.GetDepth()):
         slab = image[:, :, k]
         position = image.TransformIndexToPhysicalPoint((0, 0, k))
+        if positions is not None:
+            position = (position[0], position[1], float(positions[k]))
         tags = {
-            "0008|0060": modality, "0020|000d": uid + ".1", "0020|000e": uid + ".2",
+            "0008|0060": modality, "0020|000d": uid + ".1",
+            "0020|000e": uid + ".2" + ("" if series == 1 else f".{series}"),
+            "0020|0011": str(series),
             "0020|0032": "\\".join(f"{p:.4f}" for p in position), "0020|0037": orientation,
             "0020|0013": str(k + 1), "0018|0050": f"{spacing[0]:.4f}",
             "0008|0008": "ORIGINAL\\PRIMARY\\AXIAL", "0010|0010": "PHANTOM^HAGAN",
         }
         for key, value in tags.items():
             slab.SetMetaData(key, value)
-        writer.SetFileName(str(folder / f"slice_{k:04d}.dcm"))
+        writer.SetFileName(str(folder / f"{prefix}slice_{k:04d}.dcm"))
         writer.Execute(slab)
     return folder

@@ -9,19 +9,30 @@ import sys
 
 import torch
 
-# precision name -> autocast dtype (None: no autocast)
-DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+from .config import PRECISIONS, check_device, check_precision
+from .errors import ConfigError, explain
+
+# precision name (config.PRECISIONS) -> autocast dtype (None: no autocast)
+DTYPES: dict[str, torch.dtype | None] = dict(
+    zip(PRECISIONS, (None, torch.bfloat16, torch.float16), strict=True))
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` -> CUDA when present, else CPU. Asking for CUDA without a GPU is an error."""
+    """``auto`` -> CUDA when present, else CPU; ``cpu``, ``cuda`` and ``cuda:N`` as named.
+
+    Raises:
+        ConfigError: an unknown name, or a GPU asked for that is not visible.
+    """
+    check_device(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("device=cuda was asked for but no CUDA GPU is visible; use device=cpu")
-    if name not in ("cpu",) and not name.startswith("cuda"):
-        raise ValueError(f"device must be auto, cpu or cuda[:N], not {name!r}")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= count:
+            raise ConfigError(explain("device", f"a visible CUDA GPU for {name!r}",
+                                      f"{count} GPU(s)", "Use device=auto or device=cpu."))
+    return device
 
 
 def autocast_context(device_type: str, precision: str):
@@ -29,13 +40,12 @@ def autocast_context(device_type: str, precision: str):
 
     fp16 on CPU is not supported by PyTorch autocast, so it raises a clear error.
     """
-    if precision not in DTYPES:
-        raise ValueError(f"precision must be one of {tuple(DTYPES)}, not {precision!r}")
-    dtype = DTYPES[precision]
+    dtype = DTYPES[check_precision(precision)]
     if dtype is None:
         return contextlib.nullcontext()
     if device_type == "cpu" and dtype is torch.float16:
-        raise ValueError("precision=fp16 needs a CUDA GPU; on the CPU use bf16 or fp32")
+        raise ConfigError(explain("precision=fp16", "a CUDA GPU", "the CPU",
+                                  "On the CPU use bf16 or fp32."))
     return torch.autocast(device_type=device_type, dtype=dtype)
 
 
@@ -66,10 +76,6 @@ def shutdown_distributed() -> None:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
-
-
-def is_main_process() -> bool:
-    return ddp_env()[0] == 0
 
 
 def print_env() -> None:

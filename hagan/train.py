@@ -9,7 +9,11 @@ Sec. III) with the published code's losses and hyper-parameters:
 * Sub-E:   L_SubE = 1/2 (|x^_slab - x_slab|_1 + |x^_low - x_low|_1), x^ = G(E^G(E^H(x)), c)
 
 where x_low is x at 1/4 resolution (nearest), c ~ U{0, ..., 7S/8} is the slab start and x_slab the
-S/8-deep axial slab at c. Adam with betas (0, 0.999); lr G 1e-4, D 4e-4, E and Sub-E 1e-4.
+S/8-deep axial slab at c (all from :mod:`hagan.slab`). Adam with betas (0, 0.999); lr G 1e-4,
+D 4e-4, E and Sub-E 1e-4. As published, the D step sends the real and the fake pair through D in
+two passes (two spectral-norm power iterations), and the G step repeats ``g_iter`` times.
+``Trainer.step(x, y, z=..., c=...)`` takes the latent draws and the slab start from outside, so a
+harness can replay another loop's randomness (benchmarks/fidelity_compare.py).
 
 Everything else here is plumbing a long run needs: mixed precision, DDP via torchrun, tqdm,
 TensorBoard, a JSON-lines log, atomic checkpoints with exact resume, SIGINT/SIGTERM handling and
@@ -19,14 +23,13 @@ a NaN guard.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import random
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,10 +40,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .errors import RunError
 from . import checkpoint as ckpt
-from .config import Config, PathLike, from_dict, parse_overrides, preset, save_json
-from .data import InfiniteSampler, PreparedDataset
+from . import slab
+from .checkpoint import LOSS_KEYS, read_metrics  # noqa: F401 (read_metrics: re-exported)
+from .config import SLAB_FRACTION, Config, PathLike, from_dict, parse_overrides, preset
+from .data import DataSplit, InfiniteSampler, PreparedDataset
+from .errors import CheckpointError, ConfigError, RunError, explain
+from .fileio import lock_folder, write_json
 from .models import build_models
 from .runtime import autocast_context, init_distributed, resolve_device, shutdown_distributed
 
@@ -48,7 +54,7 @@ logger = logging.getLogger(__name__)
 
 # Config keys that define the networks: a resumed run must keep them.
 ARCHITECTURE_KEYS = ("size", "width", "latent_dim", "num_classes")
-LOSS_KEYS = ("loss_d", "loss_d_real", "loss_d_fake", "loss_g", "loss_e", "loss_sube")
+DIVERSITY_SAMPLES = 8  # volumes generated from fixed latents for the collapse watch
 
 
 class TrainingInterrupted(Exception):
@@ -83,14 +89,31 @@ class Trainer:
     Args:
         cfg: The run's configuration.
         run_dir: Folder for checkpoints, ``metrics.jsonl``, ``config.json`` and TensorBoard logs.
-        dataset: Volumes to train on; default ``PreparedDataset(cfg.data)``. Items are (1, S, S, S)
+        dataset: Volumes to train on, used whole; default: the train split of
+            ``PreparedDataset(cfg.data)`` (``cfg.holdout_fraction`` held out, the split recorded
+            in ``run_dir/split.json``). Items are (1, S, S, S)
             tensors, or ``(volume, label)`` for a conditional model.
         resume: Continue from the newest good checkpoint in ``run_dir`` when there is one.
+            When the folder holds checkpoints and none can resume training, the trainer
+            refuses (:class:`RunError` naming them) rather than start over.
+        fresh: Start a new run even when ``run_dir`` holds one (``resume=False`` means the
+            same): when training starts, the earlier run's files are moved into
+            ``run_dir/previous-<date>-<time>/``, never deleted or overwritten.
+
+    The run folder is locked while :meth:`train` runs (a second process is refused), and a
+    prepared dataset is refused as a run folder.
     """
 
     def __init__(self, cfg: Config, run_dir: PathLike, dataset: Dataset | None = None,
-                 resume: bool = True) -> None:
+                 resume: bool = True, fresh: bool = False) -> None:
         self.run_dir = Path(run_dir)
+        self.fresh = fresh or not resume
+        if ckpt.is_dataset_folder(self.run_dir):
+            raise RunError(explain("run folder", "a folder for checkpoints and logs",
+                                   f"{self.run_dir}, which holds a prepared dataset "
+                                   "(manifest.csv, dataset.json or volumes/)",
+                                   "Choose another --out folder; a run never writes into a "
+                                   "dataset."))
         self.device = resolve_device(cfg.device)
         self.rank, self.world = init_distributed(self.device)
         self.is_main = self.rank == 0
@@ -101,10 +124,20 @@ class Trainer:
             torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest conv
 
         autocast_context(self.device.type, cfg.precision)  # fail early on e.g. fp16 on CPU
-        found = ckpt.latest_checkpoint(self.run_dir) if resume else None
+        scan = ckpt.RunScan() if self.fresh else ckpt.scan_run(self.run_dir)
+        if scan.newest is None and scan.damaged:
+            ckpt.refuse_unloadable_run(self.run_dir, scan.damaged)
+        found = scan.newest
         state = found[1] if found else None
+        # what train() checks it still finds, and what it sets aside / counts when pruning
+        self._seen = [p.name for p in ckpt.list_checkpoints(self.run_dir)]
+        self._damaged = scan.damaged
+        self._verified: set[Path] = set(scan.good)
+        self._resumed_from = found[0] if found else None
         if state is not None:
-            cfg = _merge_resumed_config(from_dict(state["config"]), cfg)
+            cfg = _merge_resumed_config(_saved_config(state, found[0]), cfg)
+        if dataset is None:
+            cfg = _absolute_data(cfg, state)
         self.cfg = cfg
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         nets = build_models(cfg)
@@ -112,13 +145,12 @@ class Trainer:
         for net in nets.values():
             net.to(self.device, memory_format=memory_format)
         self.G, self.D, self.E, self.SubE = nets["G"], nets["D"], nets["E"], nets["SubE"]
-        # G's weights change only in its optimizer step (and when a checkpoint loads), so the
-        # four G passes of an iteration can share their transformed upsampling kernels (see
-        # hagan.models.upsample_conv3d); a hook on G's optimizer clears them (below).
+        # The four G passes of an iteration see the same weights, so they can share their
+        # transformed upsampling kernels (hagan.upsample.UpsampleConv3d notices weight changes).
         self.G.cache_upsample_kernels()
 
         # Fused Adam: one pass over each tensor instead of one per arithmetic op, the same update
-        # to rounding (paper128 on 2 CPU cores: G's step 142 -> 30 ms). Kernels: CUDA and CPU.
+        # to rounding, and much faster (benchmarks/RESULTS.md). Kernels: CUDA and CPU.
         self._fused_adam = self.device.type in ("cuda", "cpu")
         adam = {"betas": (cfg.beta1, cfg.beta2), "fused": self._fused_adam}
         self.opt = {
@@ -127,17 +159,16 @@ class Trainer:
             "E": torch.optim.Adam(self.E.parameters(), lr=cfg.lr_e, **adam),
             "SubE": torch.optim.Adam(self.SubE.parameters(), lr=cfg.lr_e, **adam),
         }
-        # fused Adam does not bump the weights' version counters: drop G's cached kernels here
-        self.opt["G"].register_step_post_hook(self._drop_cached_kernels)
         # GradScaler only for fp16; a no-op otherwise (nanoGPT's pattern).
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
         # Latent draws and slab positions come from this generator, seeded per rank.
         self.rng = torch.Generator().manual_seed(cfg.seed + 1000 * self.rank)
         self.step_num = 0
         if state is not None:
-            self._load_state(state)
+            self._load_state(state, found[0])
             if self.is_main:
                 logger.info("resuming from %s (iteration %d)", found[0], self.step_num)
+        del state, scan
 
         # Networks called by the update that trains them go through DDP; the frozen ones are
         # called directly (``self.nets``), so each DDP wrapper sees one forward per backward.
@@ -151,59 +182,110 @@ class Trainer:
         if cfg.compile:
             self.train_nets = {k: torch.compile(v) for k, v in self.train_nets.items()}
 
-        self.dataset = dataset if dataset is not None else PreparedDataset(
-            cfg.data, size=cfg.size, num_classes=cfg.num_classes, augment=cfg.augment)
+        # Training on cfg.data: the train split only; the held-out volumes are recorded in the
+        # run folder (split.json) for `hagan evaluate`. A given dataset is used whole.
+        self.split: DataSplit | None = None
+        # what the checkpoints record about the data: absolute path, spacing, modality, window
+        root = cfg.data if dataset is None else getattr(dataset, "root", None)
+        self.data_info: dict[str, Any] | None = ckpt.data_record(root) if root else None
+        if dataset is None:
+            full = PreparedDataset(cfg.data, size=cfg.size, num_classes=cfg.num_classes,
+                                   augment=cfg.augment)
+            self.split = ckpt.training_split(self.run_dir, full, cfg.holdout_fraction,
+                                             resumed=self._resumed_from is not None)
+            dataset = full.select(self.split.train)
+        self.dataset = dataset
         self._stop_signal: int | None = None
+        # Set keep_images to have step() keep the first volume's real, generated and
+        # reconstructed slabs in last_images (the training loop does, for the previews).
+        self.keep_images = False
+        self.last_images: dict[str, torch.Tensor] = {}
+        # The latest diversity check (cfg.diversity_every), added to the next metrics record.
+        self.diversity_log: dict[str, float] = {}
+        self._real_diversity: float | None = None
 
     # --- the algorithm --------------------------------------------------------------------------
     def draw_slab_start(self) -> int:
-        """c ~ U{0, ..., 7S/8}; multiples of 4 only when ``align_slabs`` (see Config)."""
-        if self.cfg.align_slabs:
-            return 4 * int(torch.randint(0, self.cfg.max_slab_start // 4 + 1, (1,),
-                                         generator=self.rng))
-        return int(torch.randint(0, self.cfg.max_slab_start + 1, (1,), generator=self.rng))
+        """c ~ U{0, ..., 7S/8} from the trainer's generator; multiples of 4 only when
+        ``align_slabs`` (see :func:`hagan.slab.draw_slab_start`)."""
+        return slab.draw_slab_start(self.cfg.size, self.rng, self.cfg.align_slabs)
 
     def draw_z(self, batch: int) -> torch.Tensor:
+        """One latent draw z ~ N(0, I), (batch, latent_dim), from the trainer's generator."""
         return torch.randn(batch, self.cfg.latent_dim, generator=self.rng).to(self.device)
 
-    def step(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """One HA-GAN iteration on real volumes ``x`` (B, 1, S, S, S); returns detached losses."""
+    def step(self, x: torch.Tensor, y: torch.Tensor | None = None,
+             z: Sequence[torch.Tensor] | torch.Tensor | None = None,
+             c: int | None = None) -> dict[str, torch.Tensor]:
+        """One HA-GAN iteration on real volumes ``x`` (B, 1, S, S, S); returns detached losses.
+
+        Args:
+            x: Real volumes (B, 1, S, S, S) on the trainer's device, in [-1, 1].
+            y: Class labels (B,) for a conditional model, else None.
+            z: This iteration's latent draws, given from outside to replay another loop's
+                randomness (benchmarks/fidelity_compare.py): ``g_iter + 1`` tensors
+                (B, latent_dim), as a list or one (g_iter + 1, B, latent_dim) tensor; ``z[0]``
+                makes the D step's fake, ``z[1 + k]`` G update ``k``. None: drawn with
+                :meth:`draw_z`.
+            c: Slab start in [0, 7S/8] (image voxels). None: drawn with :meth:`draw_slab_start`.
+
+        What is not given is drawn from ``self.rng`` in this order: c, z[0], z[1], ...
+        """
         cfg, nets, train = self.cfg, self.nets, self.train_nets
         B = x.shape[0]
+        if z is not None and len(z) != cfg.g_iter + 1:
+            raise ValueError(f"z must hold g_iter + 1 = {cfg.g_iter + 1} latent draws "
+                             f"(one for the D step, one per G update), got {len(z)}")
+        if c is None:
+            c = self.draw_slab_start()
+        elif not 0 <= c <= cfg.max_slab_start:
+            raise ValueError(f"slab start c must be in [0, {cfg.max_slab_start}], got {c}")
         ctx = autocast_context(self.device.type, cfg.precision)
-        x_low = x[:, :, ::4, ::4, ::4]  # (B, 1, S/4, S/4, S/4): = F.interpolate(x, 0.25), nearest
-        c = self.draw_slab_start()
-        x_slab = x[:, :, c:c + cfg.slab_depth]  # (B, 1, S/8, S, S)
+        x_low = slab.low_res(x)  # (B, 1, S/4, S/4, S/4): = F.interpolate(x, 0.25), nearest
+        x_slab = slab.crop_slab(x, c)  # (B, 1, S/8, S, S)
         ones, zeros = x.new_ones(B, 1), x.new_zeros(B, 1)
         c_d = torch.tensor(float(c), device=self.device)  # a tensor: torch.compile won't specialise
 
-        # 1. D step: real and fake go through D in one batch (D has no batch statistics).
+        def latent(k: int) -> torch.Tensor:
+            return self.draw_z(B) if z is None else z[k].to(self.device)
+
+        # 1. D step, as published: real, then fake, each in its own D pass. D is spectrally
+        #    normalised and each training-mode pass runs one power iteration, so the two passes
+        #    see different sigmas; ``batched_d_step`` (a deviation, off by default) fuses them.
         set_requires_grad(self.D, True)
         set_requires_grad(self.G, False)
-        z = self.draw_z(B)
+        z_d = latent(0)
         with ctx:
             with torch.no_grad():
-                fake_slab, fake_low = nets["G"](z, c, y)  # (B, 1, S/8, S, S), (B, 1, S/4, ...)
-            logits, cls = train["D"](torch.cat([x_slab, fake_slab]), torch.cat([x_low, fake_low]),
-                                     c_d)  # (2B, 1), (2B, nc) or None
-        loss_d_real = F.binary_cross_entropy_with_logits(logits[:B].float(), ones)
-        loss_d_fake = F.binary_cross_entropy_with_logits(logits[B:].float(), zeros)
+                fake_slab, fake_low = nets["G"](z_d, c, y)  # (B, 1, S/8, S, S), (B, 1, S/4, ...)
+            if cfg.batched_d_step:
+                logits, cls = train["D"](*self.d_view(torch.cat([x_slab, fake_slab]),
+                                                      torch.cat([x_low, fake_low]), 0),
+                                         c_d)  # (2B, 1), (2B, nc)
+                real_logit, fake_logit = logits[:B], logits[B:]
+                real_cls = cls[:B] if cls is not None else None
+            else:
+                real_logit, real_cls = train["D"](*self.d_view(x_slab, x_low, 0),
+                                                  c_d)  # (B, 1), (B, nc) or None
+                fake_logit, _ = train["D"](*self.d_view(fake_slab, fake_low, 1), c_d)
+        loss_d_real = F.binary_cross_entropy_with_logits(real_logit.float(), ones)
+        loss_d_fake = F.binary_cross_entropy_with_logits(fake_logit.float(), zeros)
         loss_d = loss_d_real + loss_d_fake
-        if cls is not None:  # AC-GAN term on real volumes only, weight 1
-            loss_d = loss_d + F.cross_entropy(cls[:B].float(), y)
+        if real_cls is not None:  # AC-GAN term on real volumes only, weight 1
+            loss_d = loss_d + F.cross_entropy(real_cls.float(), y)
         self._update("D", loss_d)
 
-        # 2. G step: fresh z, same slab position c.
+        # 2. G step(s): a fresh z per update, same slab position c.
         set_requires_grad(self.D, False)
         set_requires_grad(self.G, True)
-        z = self.draw_z(B)
-        with ctx:
-            fake_slab, fake_low = train["G"](z, c, y)
-            logit, cls = nets["D"](fake_slab, fake_low, c_d)
-        loss_g = F.binary_cross_entropy_with_logits(logit.float(), ones)
-        if cls is not None:
-            loss_g = loss_g + cfg.lambda_class * F.cross_entropy(cls.float(), y)
-        self._update("G", loss_g)
+        for k in range(cfg.g_iter):
+            with ctx:
+                fake_slab, fake_low = train["G"](latent(1 + k), c, y)
+                logit, cls = nets["D"](*self.d_view(fake_slab, fake_low, 2 + k), c_d)
+            loss_g = F.binary_cross_entropy_with_logits(logit.float(), ones)
+            if cls is not None:
+                loss_g = loss_g + cfg.lambda_class * F.cross_entropy(cls.float(), y)
+            self._update("G", loss_g)
 
         # 3. E^H step: reconstruct the real slab through the frozen high-res head G^H.
         set_requires_grad(self.G, False)
@@ -225,35 +307,49 @@ class Trainer:
         self._update("SubE", loss_sube)
         set_requires_grad(self.SubE, False)
 
+        if self.keep_images:  # for the TensorBoard preview, as published: first volume only
+            self.last_images = {"real_slab": x_slab[0, 0].detach().float().cpu(),
+                                "fake_slab": fake_slab[0, 0].detach().float().cpu(),
+                                "rec_slab": rec_slab[0, 0].detach().float().cpu(),
+                                "c": torch.tensor(c)}
         return {"loss_d": loss_d.detach(), "loss_d_real": loss_d_real.detach(),
                 "loss_d_fake": loss_d_fake.detach(), "loss_g": loss_g.detach(),
                 "loss_e": loss_e.detach(), "loss_sube": loss_sube.detach()}
+
+    def d_view(self, x_slab: torch.Tensor, x_low: torch.Tensor,
+               k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """What D sees of (slab, low-res): the tensors themselves, or with ``cfg.d_augment`` a
+        random differentiable transform of them (:func:`hagan.augment.diff_augment`). The draws
+        come from a generator seeded by (seed, rank, iteration, call ``k``), so the trainer's own
+        random stream is unchanged and a resumed run draws the same transforms."""
+        if not self.cfg.d_augment:
+            return x_slab, x_low
+        from .augment import diff_augment
+
+        key = ((self.cfg.seed * 1_000_003 + self.rank) * 1_000_003 + self.step_num) * 64 + k
+        return diff_augment(x_slab, x_low, torch.Generator().manual_seed(key % 2**63))
 
     def encode_slabs(self, x: torch.Tensor) -> torch.Tensor:
         """E^H on the 8 axial slabs of x (B, 1, S, S, S), each on its own like the paper, joined
         along depth -> (B, 64, S/4, S/4, S/4). On CUDA all 8B slabs go in one batched call; on
         CPU one slab position at a time, written straight into its depth range of the result,
         which keeps E's half-resolution activations 8x smaller and never holds two copies of
-        the features (paper256 batch 1: about 0.8 GiB less peak memory)."""
+        the features (a lower peak memory; benchmarks/RESULTS.md)."""
         B, S, d = x.shape[0], self.cfg.size, self.cfg.slab_depth
+        n, f = SLAB_FRACTION, self.cfg.feature_size  # 8 slabs; features (S/4)^3
         E = self.nets["E"]
         if self.device.type != "cuda":
             feats = None
-            for i in range(8):
-                part = E(x[:, :, i * d:(i + 1) * d])  # (B, 64, S/32, S/4, S/4)
+            for i, a in enumerate(slab.slab_starts(S)):
+                part = E(x[:, :, a:a + d])  # (B, 64, S/32, S/4, S/4)
                 if feats is None:
-                    feats = part.new_empty(B, part.shape[1], S // 4, S // 4, S // 4)
+                    feats = part.new_empty(B, part.shape[1], f, f, f)
                 feats[:, :, i * part.shape[2]:(i + 1) * part.shape[2]] = part
             return feats
-        slabs = x.reshape(B, 1, 8, d, S, S).transpose(1, 2).reshape(B * 8, 1, d, S, S)
+        slabs = x.reshape(B, 1, n, d, S, S).transpose(1, 2).reshape(B * n, 1, d, S, S)
         feats = E(slabs)  # (8B, 64, S/32, S/4, S/4)
-        feats = feats.view(B, 8, *feats.shape[1:]).transpose(1, 2)  # (B, 64, 8, S/32, S/4, S/4)
-        return feats.reshape(B, feats.shape[1], S // 4, S // 4, S // 4)
-
-    def _drop_cached_kernels(self, *_) -> None:
-        """Optimizer step hook of G: its weights changed, so its cached kernels are stale."""
-        if self.G.kernel_cache is not None:
-            self.G.kernel_cache.clear()
+        feats = feats.view(B, n, *feats.shape[1:]).transpose(1, 2)  # (B, 64, 8, S/32, S/4, S/4)
+        return feats.reshape(B, feats.shape[1], f, f, f)
 
     def _update(self, name: str, loss: torch.Tensor) -> None:
         opt = self.opt[name]
@@ -284,27 +380,65 @@ class Trainer:
             yield x, y
 
     def train(self) -> TrainResult:
-        """Run until ``cfg.iterations``; checkpoints, logs and previews along the way."""
+        """Run until ``cfg.iterations``; checkpoints, logs and previews along the way.
+
+        Raises:
+            RunError: another process holds the run folder's lock, or changed its checkpoints
+                since this trainer was created.
+        """
+        lock = lock_folder(self.run_dir, "hagan train") if self.is_main else None
+        try:
+            if self.is_main:
+                self._prepare_run_folder()
+            return self._train_loop()
+        finally:
+            if lock is not None:
+                # a later train() call on this trainer continues this run
+                self._seen = [p.name for p in ckpt.list_checkpoints(self.run_dir)]
+                found = ckpt.checkpoint_path(self.run_dir, self.step_num)
+                if found.name in self._seen:
+                    self._resumed_from = found
+                lock.release()
+
+    def _prepare_run_folder(self) -> None:
+        """Under the run folder's lock, before anything is written: check that no other process
+        changed the checkpoints since this trainer looked; set damaged checkpoints aside; on a
+        fresh start move the earlier run's files aside; keep the log up to the resumed step."""
+        if [p.name for p in ckpt.list_checkpoints(self.run_dir)] != self._seen:
+            raise RunError(explain(str(self.run_dir), "the checkpoints this trainer found when "
+                                   "it was created", "other checkpoints now (another process "
+                                   "trained in this folder meanwhile)",
+                                   "Create the trainer again to resume from the newest one."))
+        if self._resumed_from is None:
+            ckpt.move_previous_run(self.run_dir)  # a new run: nothing earlier is overwritten
+            self._seen, self._verified = [], set()
+        else:
+            ckpt.set_aside_damaged(self._damaged)
+            ckpt.truncate_metrics_log(self.run_dir / ckpt.METRICS_FILE, self.step_num)
+        self._damaged = []
+        write_json(self.run_dir / "config.json", self.cfg.to_dict())
+        if self.split is not None:
+            ckpt.write_split(self.run_dir, self.split)
+        ckpt.remove_stale_temp_files(self.run_dir)
+
+    def _train_loop(self) -> TrainResult:
         cfg = self.cfg
-        if self.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_json(cfg, self.run_dir / "config.json")
-            _truncate_log(self.run_dir / "metrics.jsonl", self.step_num)
-            ckpt.remove_stale_temp_files(self.run_dir)
         writer = self._tensorboard()
         previous = self._install_signal_handlers()
-        from tqdm.auto import tqdm
+        from tqdm import tqdm  # the text bar: a notebook widget bar is saved at 0 % by papermill
 
         bar = tqdm(total=cfg.iterations, initial=self.step_num, desc="train", unit="it",
                    disable=not (cfg.progress and self.is_main), dynamic_ncols=True)
         window: dict[str, list[float]] = {k: [] for k in LOSS_KEYS}
-        last_ckpt: Path | None = None
+        last_ckpt: Path | None = self._resumed_from  # already saved: not written again
         last_losses: dict[str, float] = {}
         t_window = time.perf_counter()
         try:
             batches = self.batches()
             while self.step_num < cfg.iterations:
                 x, y = next(batches)
+                self.keep_images = bool(writer is not None and cfg.image_every
+                                        and (self.step_num + 1) % cfg.image_every == 0)
                 losses = self.step(x, y)
                 values = torch.stack(list(losses.values())).float().cpu()
                 if not torch.isfinite(values).all():
@@ -314,6 +448,10 @@ class Trainer:
                 for k, v in last_losses.items():
                     window[k].append(v)
                 bar.update(1)
+                if cfg.diversity_every and self.step_num % cfg.diversity_every == 0:
+                    t_div = time.perf_counter()
+                    self._diversity(writer)  # goes into the next metrics.jsonl record
+                    t_window += time.perf_counter() - t_div  # not counted in ms_per_step
                 if self.step_num % cfg.log_every == 0 or self.step_num == cfg.iterations:
                     ms = 1000 * (time.perf_counter() - t_window) / len(window["loss_d"])
                     self._log(window, ms, writer, bar)
@@ -321,6 +459,7 @@ class Trainer:
                     t_window = time.perf_counter()
                 if writer is not None and cfg.image_every and self.step_num % cfg.image_every == 0:
                     self._preview(writer, x, y)
+
                 if self.step_num % cfg.checkpoint_every == 0:
                     last_ckpt = self.save()
                 if self._should_stop():
@@ -344,6 +483,7 @@ class Trainer:
         return {
             "config": self.cfg.to_dict(),
             "step": self.step_num,
+            "data": self.data_info,
             "models": {k: ckpt.unwrap(v).state_dict() for k, v in self.nets.items()},
             "optimizers": {k: v.state_dict() for k, v in self.opt.items()},
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
@@ -357,11 +497,15 @@ class Trainer:
             },
         }
 
-    def _load_state(self, state: dict[str, Any]) -> None:
+    def _load_state(self, state: dict[str, Any], path: PathLike = "checkpoint") -> None:
         for k, net in (("G", self.G), ("D", self.D), ("E", self.E), ("SubE", self.SubE)):
-            net.load_state_dict(state["models"][k])
+            ckpt.load_weights(net, state["models"][k], k, path, self.cfg)
         for k, opt in self.opt.items():
-            opt.load_state_dict(state["optimizers"][k])
+            try:
+                opt.load_state_dict(state["optimizers"][k])
+            except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+                raise CheckpointError(f"checkpoint {path}: the {k} optimiser state does not fit "
+                                      f"its model ({str(exc).splitlines()[0]})") from None
             for group in opt.param_groups:  # saved on another device? use this device's kernels
                 group.update(fused=self._fused_adam, foreach=None)
         if state.get("scaler") and self.scaler.is_enabled():
@@ -380,8 +524,9 @@ class Trainer:
         """Write a checkpoint for the current iteration (main process only) and prune old ones."""
         path = ckpt.checkpoint_path(self.run_dir, self.step_num)
         if self.is_main:
-            ckpt.save_checkpoint(path, self.state_dict())
-            ckpt.prune_checkpoints(self.run_dir, self.cfg.keep_checkpoints)
+            ckpt.save_checkpoint(path, self.state_dict())  # verified to load before it counts
+            self._verified.add(path)
+            ckpt.prune_checkpoints(self.run_dir, self.cfg.keep_checkpoints, self._verified)
         if self.world > 1:
             torch.distributed.barrier()
         return path
@@ -402,9 +547,10 @@ class Trainer:
         means = {k: float(np.mean(v)) for k, v in window.items()}
         if self.is_main:
             record = {"step": self.step_num, **{k: round(v, 6) for k, v in means.items()},
-                      "ms_per_step": round(ms, 2), "time": round(time.time(), 3)}
-            with open(self.run_dir / "metrics.jsonl", "a") as fh:
-                fh.write(json.dumps(record) + "\n")
+                      "ms_per_step": round(ms, 2), "time": round(time.time(), 3),
+                      **self.diversity_log}
+            self.diversity_log = {}
+            ckpt.append_metrics(self.run_dir / ckpt.METRICS_FILE, record)
             if writer is not None:
                 for k, v in means.items():
                     writer.add_scalar(f"loss/{k}", v, self.step_num)
@@ -414,6 +560,41 @@ class Trainer:
             logger.debug("step %d: loss_d %.4f, loss_g %.4f, loss_e %.4f, loss_sube %.4f, "
                          "%.1f ms/step", self.step_num, means["loss_d"], means["loss_g"],
                          means["loss_e"], means["loss_sube"], ms)
+
+    @torch.no_grad()
+    def _diversity(self, writer) -> None:
+        """Watch for mode collapse (``cfg.diversity_every``): the mean MS-SSIM over all 28 pairs
+        of 8 full volumes generated from fixed latents (``ms_ssim_fake``), next to the same for
+        the first 8 training volumes (``ms_ssim_real``, computed once). Both go into the next
+        ``metrics.jsonl`` record and TensorBoard (``diversity/``), with the samples' slices
+        (``diversity/samples``). ``ms_ssim_fake`` far above ``ms_ssim_real`` (towards 1) means
+        the generator makes one volume whatever z is."""
+        if not self.is_main:
+            return
+        from . import viz
+        from .generate import sample
+        from .metrics import diversity
+
+        cfg, n = self.cfg, DIVERSITY_SAMPLES
+        all_pairs = n * (n - 1) // 2
+        if self._real_diversity is None:
+            items = [self.dataset[i] for i in range(min(n, len(self.dataset)))]
+            real = torch.stack([v[0] if isinstance(v, (list, tuple)) else v for v in items])
+            self._real_diversity = diversity(real.float(), n_pairs=all_pairs)
+        labels = [i % cfg.num_classes for i in range(n)] if cfg.num_classes else None
+        was_training = self.G.training
+        fake = sample(self.G, n, batch_size=2, labels=labels, seed=cfg.seed, device=self.device)
+        self.G.train(was_training)
+        value = diversity(fake, n_pairs=all_pairs)
+        self.diversity_log = {"ms_ssim_fake": round(value, 4),
+                              "ms_ssim_real": round(self._real_diversity, 4)}
+        if writer is not None:
+            writer.add_scalar("diversity/ms_ssim_fake", value, self.step_num)
+            writer.add_scalar("diversity/ms_ssim_real", self._real_diversity, self.step_num)
+            fig = viz.plot_volumes(list(fake[:4, 0]), [f"z{i}" for i in range(4)],
+                                   title=f"iteration {self.step_num}: samples of fixed z "
+                                         f"(MS-SSIM among 8: {value:.2f})")
+            writer.add_figure("diversity/samples", fig, self.step_num)
 
     def _tensorboard(self):
         if not (self.cfg.tensorboard and self.is_main):
@@ -427,8 +608,10 @@ class Trainer:
 
     @torch.no_grad()
     def _preview(self, writer, x: torch.Tensor, y: torch.Tensor | None) -> None:
-        """Orthogonal slices of a real slab, its Sub-E reconstruction... kept cheap: the real
-        low-res image and a generated low-res image plus slab (no full-resolution volume)."""
+        """Orthogonal slices in TensorBoard, as the published trainer's previews: the last
+        iteration's real slab, generated slab (G step) and Sub-E reconstruction of the real slab
+        (``preview/slabs``), beside the real low-res image and G^L's low-res image of a fixed z
+        (``preview/low_res``). No full-resolution volume is generated."""
         from . import viz
 
         G = self.G
@@ -436,13 +619,21 @@ class Trainer:
         G.eval()
         z = torch.randn(1, self.cfg.latent_dim, generator=torch.Generator().manual_seed(0))
         yy = y[:1] if y is not None else None
-        slab, low = G(z.to(self.device), self.cfg.max_slab_start // 2, yy)
+        _, low = G(z.to(self.device), self.cfg.max_slab_start // 2, yy)
         G.train(was_training)
         fig = viz.plot_volumes(
-            [x[0, 0, ::4, ::4, ::4].float().cpu(), low[0, 0].float().cpu()],
-            ["real (1/4 res)", "generated G^L (1/4 res)"],
+            [slab.low_res(x)[0, 0].float().cpu(), low[0, 0].float().cpu()],
+            ["real (1/4 res)", "generated G^L (1/4 res, fixed z)"],
             title=f"iteration {self.step_num}")
         writer.add_figure("preview/low_res", fig, self.step_num)
+        if self.last_images:
+            im = self.last_images
+            fig = viz.plot_volumes(
+                [im["real_slab"], im["fake_slab"], im["rec_slab"]],
+                ["real slab", "generated slab (G^H)", "Sub-E reconstruction"],
+                title=f"iteration {self.step_num}, slab start c = {int(im['c'])}")
+            writer.add_figure("preview/slabs", fig, self.step_num)
+            self.last_images = {}
 
     def _install_signal_handlers(self):
         import threading
@@ -487,23 +678,49 @@ def _merge_resumed_config(saved: Config, requested: Config) -> Config:
     if clash and requested.preset != "custom":
         details = ", ".join(f"{k}: checkpoint {getattr(saved, k)} vs requested "
                             f"{getattr(requested, k)}" for k in clash)
-        raise ValueError(f"the run folder holds a different model ({details}); use a new --out "
-                         "folder or the same preset")
+        raise RunError(explain("run folder", "the model of the requested preset",
+                               f"a different model ({details})",
+                               "Use a new --out folder or the same preset."))
     keep = {k: getattr(saved, k) for k in ARCHITECTURE_KEYS + ("seed",)}
     return requested.replace(**keep)
 
 
-def _truncate_log(path: Path, step: int) -> None:
-    """Drop log lines past ``step`` (left by a run that died after its last checkpoint)."""
-    if not path.is_file():
-        return
-    lines = [ln for ln in path.read_text().splitlines()
-             if ln.strip() and json.loads(ln).get("step", 0) <= step]
-    path.write_text("".join(ln + "\n" for ln in lines))
+def _saved_config(state: dict[str, Any], path: Path) -> Config:
+    try:
+        return from_dict(state["config"])
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"checkpoint {path} is damaged: its config is not valid "
+                              f"({exc})") from None
+
+
+def _absolute_data(cfg: Config, state: dict[str, Any] | None) -> Config:
+    """``cfg`` with ``data`` as an absolute path: the run never depends on the current folder.
+    Without ``data`` a resumed run uses the folder its checkpoint recorded (and says so).
+
+    Raises:
+        RunError: the recorded folder no longer exists (moved or deleted: pass --data), or an
+            old checkpoint recorded it as a relative path.
+    """
+    if cfg.data:
+        return cfg.replace(data=str(Path(cfg.data).resolve()))
+    if state is None:
+        return cfg
+    stored = (state.get("data") or {}).get("path") or state["config"].get("data") or ""
+    if not stored or not Path(stored).is_absolute():
+        raise RunError(explain("--data", "the run's dataset folder", "none given, and the "
+                               f"checkpoint records {stored or 'no folder'!r} (not an absolute "
+                               "path)", "Pass --data DIR."))
+    if not Path(stored).is_dir():
+        raise RunError(explain("--data", "the run's dataset folder", f"none given, and the "
+                               f"folder the run recorded, {stored}, does not exist (moved or "
+                               "deleted?)", "Pass --data with its new location."))
+    logger.info("using the run's dataset %s (recorded in its checkpoint; --data overrides it)",
+                stored)
+    return cfg.replace(data=stored)
 
 
 def train(cfg: Config, run_dir: PathLike, dataset: Dataset | None = None,
-          resume: bool = True) -> TrainResult:
+          resume: bool = True, fresh: bool = False) -> TrainResult:
     """Train (or resume) a run; see :class:`Trainer`.
 
     Example:
@@ -512,27 +729,24 @@ def train(cfg: Config, run_dir: PathLike, dataset: Dataset | None = None,
         >>> cfg = preset("tiny32", iterations=20, data="work/demo")
         >>> result = train(cfg, "work/run")  # doctest: +SKIP
     """
-    return Trainer(cfg, run_dir, dataset=dataset, resume=resume).train()
-
-
-def read_metrics(run_dir: PathLike) -> list[dict[str, float]]:
-    """The JSON-lines training log of a run as a list of dicts."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+    return Trainer(cfg, run_dir, dataset=dataset, resume=resume, fresh=fresh).train()
 
 
 # --- CLI: hagan train --preset P --data DIR --out RUN [--set key=value ...] --------------------
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from .config import PRESETS, describe_fields
+
+    p.epilog = ("config fields (--set KEY=VALUE; the preset sets some of them, see "
+                "hagan.config.PRESETS):\n" + describe_fields())
     p.add_argument("--preset", default="tiny32",
-                   help="paper256, paper128, small64 or tiny32 (default tiny32)")
+                   help=f"one of {', '.join(PRESETS)} (default tiny32)")
     p.add_argument("--data", help="prepared dataset folder (hagan demo-data / hagan preprocess)")
     p.add_argument("--out", required=True, help="run folder; resumes when it holds a checkpoint")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set iterations=500 --set precision=bf16")
     p.add_argument("--fresh", action="store_true",
-                   help="ignore checkpoints in --out (refused when it already holds some)")
+                   help="start a new run even if --out holds one: its files are moved to "
+                   "--out/previous-DATE-TIME/, never deleted")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -540,15 +754,13 @@ def main(args: argparse.Namespace) -> int:
     if args.data:
         cfg = cfg.replace(data=str(args.data))
     cfg = parse_overrides(args.overrides, cfg)
-    has_ckpt = bool(ckpt.list_checkpoints(args.out))
-    if args.fresh and has_ckpt:
-        raise FileExistsError(f"{args.out} already holds checkpoints; --fresh would mix two runs. "
-                              "Choose a new --out folder.")
+    has_ckpt = bool(ckpt.list_checkpoints(args.out)) and not args.fresh
     if not cfg.data and not has_ckpt:
-        raise ValueError("--data is required: a prepared dataset folder (make one with "
-                         "`hagan demo-data DIR`)")
+        raise ConfigError(explain("--data", "a prepared dataset folder", "none",
+                                  "Make one with `hagan demo-data --out DIR` or "
+                                  "`hagan preprocess`."))
     try:
-        result = train(cfg, args.out, resume=not args.fresh)
+        result = train(cfg, args.out, fresh=args.fresh)
     except TrainingInterrupted as exc:
         print(f"hagan train: {exc}")
         return 128 + int(exc.signum)

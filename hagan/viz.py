@@ -7,17 +7,26 @@ use a grey colormap with a colorbar. Arrays are in kit order (z, y, x) = (I->S, 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .config import PathLike
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 VIEWS = ("axial", "coronal", "sagittal")
+# Volumes: a numpy array or a torch tensor, (S, S, S) or with leading singleton axes.
+Volume = Any
+# Training-loss panels: log key -> legend label (keys as in hagan.checkpoint.LOSS_KEYS)
+LOSS_LABELS = {"loss_d": "D (real + fake)", "loss_g": "G (adversarial)",
+               "loss_e": "E^H (L1 slab)", "loss_sube": "E^G (L1 slab + low-res)"}
 
 
-def _plt():
+def _plt() -> Any:
     try:
         import matplotlib
 
@@ -38,7 +47,7 @@ def _in_notebook() -> bool:
         return False
 
 
-def _as_volume(v) -> np.ndarray:
+def _as_volume(v: Volume) -> np.ndarray:
     a = np.asarray(v.detach().cpu().float() if hasattr(v, "detach") else v, dtype=np.float32)
     a = a.reshape(a.shape[-3:])
     if a.ndim != 3:
@@ -46,7 +55,7 @@ def _as_volume(v) -> np.ndarray:
     return a
 
 
-def orthogonal_slices(volume, index: Sequence[int] | None = None
+def orthogonal_slices(volume: Volume, index: Sequence[int] | None = None
                       ) -> list[tuple[str, np.ndarray, int, tuple[str, str]]]:
     """The three central (or given) slices as (view, image, index, (x label, y label)).
 
@@ -63,9 +72,9 @@ def orthogonal_slices(volume, index: Sequence[int] | None = None
     ]
 
 
-def plot_volumes(volumes: Sequence, names: Sequence[str], title: str = "",
+def plot_volumes(volumes: Sequence[Volume], names: Sequence[str], title: str = "",
                  vmin: float = -1.0, vmax: float = 1.0, index: Sequence[int] | None = None,
-                 cbar_label: str = "intensity (scaled to [-1, 1])"):
+                 cbar_label: str = "intensity (scaled to [-1, 1])") -> Figure:
     """A grid: one row per volume, columns axial / coronal / sagittal, shared grey scale
     [vmin, vmax] whose colorbar is labelled ``cbar_label`` (e.g. "Hounsfield units")."""
     plt = _plt()
@@ -89,14 +98,16 @@ def plot_volumes(volumes: Sequence, names: Sequence[str], title: str = "",
     return fig
 
 
-def plot_orthogonal(volume, title: str = "volume", vmin: float = -1.0, vmax: float = 1.0,
-                    cbar_label: str = "intensity (scaled to [-1, 1])"):
+def plot_orthogonal(volume: Volume, title: str = "volume", vmin: float = -1.0,
+                    vmax: float = 1.0, cbar_label: str = "intensity (scaled to [-1, 1])"
+                    ) -> Figure:
     """Axial, coronal and sagittal central slices of one volume."""
     return plot_volumes([volume], [title], title=title, vmin=vmin, vmax=vmax,
                         cbar_label=cbar_label)
 
 
-def plot_real_vs_generated(real: Sequence, fake: Sequence, title: str = "real vs generated"):
+def plot_real_vs_generated(real: Sequence[Volume], fake: Sequence[Volume],
+                           title: str = "real vs generated") -> Figure:
     """Rows of real volumes followed by rows of generated volumes."""
     vols = list(real) + list(fake)
     names = [f"real {i + 1}" for i in range(len(real))] + \
@@ -104,22 +115,25 @@ def plot_real_vs_generated(real: Sequence, fake: Sequence, title: str = "real vs
     return plot_volumes(vols, names, title=title)
 
 
-def plot_losses(run_dir_or_records, title: str = "training losses", smooth: int = 1):
-    """Loss curves from a run's ``metrics.jsonl`` (or the list of records)."""
-    from .train import LOSS_KEYS, read_metrics
+def plot_losses(records: Sequence[Mapping[str, float]], title: str = "training losses",
+                smooth: int = 1) -> Figure:
+    """Loss curves of a run's training log: ``plot_losses(read_metrics(run_dir))`` with
+    :func:`hagan.checkpoint.read_metrics`. ``smooth`` > 1 averages over that many records.
 
+    Raises:
+        TypeError: a run folder was passed instead of its records.
+        ValueError: no records.
+    """
+    if isinstance(records, (str, Path)):
+        raise TypeError("plot_losses takes the log records: plot_losses(read_metrics(run_dir)) "
+                        "with hagan.checkpoint.read_metrics")
     plt = _plt()
-    records = (read_metrics(run_dir_or_records)
-               if isinstance(run_dir_or_records, (str, Path)) else list(run_dir_or_records))
+    records = list(records)
     if not records:
         raise ValueError("no training log records to plot (metrics.jsonl is empty or missing)")
     steps = np.array([r["step"] for r in records])
     fig, (ax_gan, ax_rec) = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True)
-    labels = {"loss_d": "D (real + fake)", "loss_g": "G (adversarial)",
-              "loss_e": "E^H (L1 slab)", "loss_sube": "E^G (L1 slab + low-res)"}
-    for key in LOSS_KEYS:
-        if key not in labels:
-            continue
+    for key, label in LOSS_LABELS.items():
         y = np.array([r[key] for r in records], dtype=float)
         if smooth > 1 and len(y) >= smooth:
             y = np.convolve(y, np.ones(smooth) / smooth, mode="valid")
@@ -127,7 +141,7 @@ def plot_losses(run_dir_or_records, title: str = "training losses", smooth: int 
         else:
             x = steps
         ax = ax_gan if key in ("loss_d", "loss_g") else ax_rec
-        ax.plot(x, y, label=labels[key])
+        ax.plot(x, y, label=label)
     ax_gan.set_title("adversarial losses (BCE)")
     ax_rec.set_title("encoder reconstruction losses (L1)")
     for ax in (ax_gan, ax_rec):
@@ -139,7 +153,7 @@ def plot_losses(run_dir_or_records, title: str = "training losses", smooth: int 
     return fig
 
 
-def save(fig, path: PathLike, dpi: int = 110) -> Path:
+def save(fig: Figure, path: PathLike, dpi: int = 110) -> Path:
     """Save a figure (creating the folder) and close it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -148,7 +162,8 @@ def save(fig, path: PathLike, dpi: int = 110) -> Path:
     return path
 
 
-def slice_viewer(volume, title: str = "volume", interactive: bool | None = None):
+def slice_viewer(volume: Volume, title: str = "volume", interactive: bool | None = None
+                 ) -> Any:
     """Interactive axial/coronal/sagittal sliders (ipywidgets); a static figure when headless.
 
     Args:
@@ -172,7 +187,7 @@ def slice_viewer(volume, title: str = "volume", interactive: bool | None = None)
         return plot_orthogonal(v, title)
     d, h, w = v.shape
 
-    def show(axial: int, coronal: int, sagittal: int):
+    def show(axial: int, coronal: int, sagittal: int) -> Figure:
         fig = plot_volumes([v], [title], title=title, index=(axial, coronal, sagittal))
         _plt().show()
         return fig
@@ -188,7 +203,8 @@ def slice_viewer(volume, title: str = "volume", interactive: bool | None = None)
 # ---------------------------------------------------------------------------------------------
 # Figures of the teaching notebooks (notebooks/02, 01, 05, 07)
 # ---------------------------------------------------------------------------------------------
-def plot_slab(volume, start: int, depth: int, title: str = "what the discriminator sees"):
+def plot_slab(volume: Volume, start: int, depth: int,
+              title: str = "what the discriminator sees") -> Figure:
     """The hierarchical view of one volume: where slab [start, start + depth) lies, the slab
     itself at full resolution, and the whole image at 1/4 resolution (what D^L judges).
 
@@ -228,8 +244,9 @@ def plot_slab(volume, start: int, depth: int, title: str = "what the discriminat
     return fig
 
 
-def plot_slab_coverage(coverage, depth: int, iterations: int,
-                       title: str = "how often each axial slice is inside the training slab"):
+def plot_slab_coverage(coverage: Sequence[int] | np.ndarray, depth: int, iterations: int,
+                       title: str = "how often each axial slice is inside the training slab"
+                       ) -> Figure:
     """Bar chart of the number of iterations in which each axial slice fell inside the slab."""
     plt = _plt()
     cover = np.asarray(coverage)
@@ -246,9 +263,9 @@ def plot_slab_coverage(coverage, depth: int, iterations: int,
     return fig
 
 
-def plot_step_costs(records: Sequence[dict], title: str = "one generator update: naive vs "
-                    "hierarchical"):
-    """Memory and time of :func:`hagan.teaching.step_cost` records against the cube size.
+def plot_step_costs(records: Sequence[Mapping[str, Any]],
+                    title: str = "one generator update: naive vs hierarchical") -> Figure:
+    """Memory and time of :func:`hagan.scaling.step_cost` records against the cube size.
 
     Left: activation memory autograd keeps for backward (and the CUDA peak when measured), right:
     seconds per step. Log scales: a straight line of slope 3 is the S^3 growth. Skipped or
@@ -296,7 +313,8 @@ def plot_step_costs(records: Sequence[dict], title: str = "one generator update:
     return fig
 
 
-def plot_bars(values: dict, title: str, ylabel: str, xlabel: str = ""):
+def plot_bars(values: Mapping[str, float], title: str, ylabel: str, xlabel: str = ""
+              ) -> Figure:
     """A labelled bar chart of name -> value (e.g. seconds per iteration per precision)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 3.4), constrained_layout=True)
@@ -309,23 +327,26 @@ def plot_bars(values: dict, title: str, ylabel: str, xlabel: str = ""):
     return fig
 
 
-def plot_metric_report(report: dict, title: str | None = None):
+def plot_metric_report(report: Mapping[str, Any], title: str | None = None) -> Figure:
     """The numbers of a ``hagan.metrics.evaluate`` report: each generated-vs-real value next to
     its real-vs-real baseline (FID, MMD^2, MS-SSIM diversity, memorisation distances)."""
     plt = _plt()
     m = report["metrics"]
+    # the baseline set: held-out real volumes, or (when the run kept none) a labelled train half
+    held = ("held-out real" if report.get("reference", {}).get("is_heldout", True)
+            else "train half (not held-out)")
     panels = [
         ("FID (lower = closer)", "Fréchet distance",
          {"generated vs train": m["fid"]["generated_vs_train"],
-          "held-out real vs train": m["fid"]["heldout_vs_train"]}),
+          f"{held} vs train": m["fid"]["heldout_vs_train"]}),
         ("MMD² (lower = closer)", "unbiased MMD²",
          {"generated vs train": m["mmd2"]["generated_vs_train"],
-          "held-out real vs train": m["mmd2"]["heldout_vs_train"]}),
+          f"{held} vs train": m["mmd2"]["heldout_vs_train"]}),
         ("MS-SSIM of random pairs\n(lower = more diverse)", "mean MS-SSIM",
          {"generated pairs": m["ms_ssim"]["generated"], "real pairs": m["ms_ssim"]["real"]}),
         ("nearest training neighbour\n(much lower = copying)", "median distance",
          {"generated": m["memorisation"]["generated_median"],
-          "held-out real": m["memorisation"]["heldout_median"]}),
+          held: m["memorisation"]["heldout_median"]}),
     ]
     fig, axes = plt.subplots(1, 4, figsize=(13, 3.6), constrained_layout=True)
     for ax, (name, ylabel, vals) in zip(axes, panels):
@@ -340,8 +361,8 @@ def plot_metric_report(report: dict, title: str | None = None):
     return fig
 
 
-def plot_histograms(arrays: dict, title: str, xlabel: str, window: Sequence[float] | None = None,
-                    bins: int = 80):
+def plot_histograms(arrays: Mapping[str, Any], title: str, xlabel: str,
+                    window: Sequence[float] | None = None, bins: int = 80) -> Figure:
     """Intensity histograms (log counts) of name -> array, with an optional window [low, high]."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 3.4), constrained_layout=True)
@@ -360,10 +381,34 @@ def plot_histograms(arrays: dict, title: str, xlabel: str, window: Sequence[floa
     return fig
 
 
-def plot_embedding(groups: dict, method: str = "pca", title: str | None = None, seed: int = 0):
-    """2-D PCA/MDS map of feature groups with 2-sigma ellipses (see
-    :func:`hagan.analysis.plot_embedding`, which draws it); here so that every figure of the
-    notebooks comes from ``hagan.viz``."""
-    from .analysis import plot_embedding as draw
+def plot_embedding(coords: Mapping[str, np.ndarray], axis_labels: tuple[str, str],
+                   ellipses: Mapping[str, tuple[np.ndarray, float, float, float]] | None = None,
+                   title: str = "", legend_title: str | None = None) -> Figure:
+    """Scatter of 2-D points per group, each with an optional dashed ellipse.
 
-    return draw(groups, method=method, title=title, seed=seed)
+    Args:
+        coords: group name -> (N_g, 2) coordinates, e.g. from :func:`hagan.analysis.embed`.
+        axis_labels: (x label, y label).
+        ellipses: group name -> (center, width, height, angle in degrees), e.g. from
+            :func:`hagan.analysis.ellipse`.
+
+    :func:`hagan.analysis.plot_embedding` embeds feature groups and calls this.
+    """
+    from matplotlib.patches import Ellipse
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 5), constrained_layout=True)
+    for i, (name, pts) in enumerate(coords.items()):
+        color = f"C{i}"
+        ax.scatter(pts[:, 0], pts[:, 1], s=14, alpha=0.7, color=color,
+                   label=f"{name} (N={len(pts)})")
+        if ellipses and name in ellipses:
+            center, width, height, angle = ellipses[name]
+            ax.add_patch(Ellipse((float(center[0]), float(center[1])), width, height,
+                                 angle=angle, fill=False, edgecolor=color, linestyle="--",
+                                 linewidth=1.5))
+    ax.set_xlabel(axis_labels[0])
+    ax.set_ylabel(axis_labels[1])
+    ax.set_title(title)
+    ax.legend(title=legend_title, fontsize="small")
+    return fig

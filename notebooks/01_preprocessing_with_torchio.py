@@ -38,8 +38,9 @@ import subprocess
 import sys
 
 if "google.colab" in sys.modules:  # on Colab: install the kit first (skipped everywhere else)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "hagan-kit @ git+https://github.com/hagan-kit/hagan-kit"], check=True)
+    KIT = "hagan-kit @ git+https://github.com/hagan-kit/hagan-kit@v0.1.0"  # pinned release
+    if subprocess.run([sys.executable, "-m", "pip", "install", "-q", KIT]).returncode:
+        raise SystemExit(f"could not install {KIT} (pip's message is above); rerun this cell")
 from hagan import teaching, viz
 from hagan.runtime import print_env
 
@@ -163,7 +164,7 @@ report = preprocess(raw_mri, prepared_mri, size=s.size, modality="mri", progress
 print(report.summary())
 
 # %%
-from hagan.generate import load_nifti
+from hagan.data import load_nifti
 
 source = load_nifti(raw_mri / "mni152_t1.nii.gz")  # RAS, kit axis order (z, y, x)
 fig = viz.plot_orthogonal(source, "MNI152 source, 1 mm", vmin=0, vmax=float(source.max()),

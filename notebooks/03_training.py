@@ -41,8 +41,9 @@ import subprocess
 import sys
 
 if "google.colab" in sys.modules:  # on Colab: install the kit first (skipped everywhere else)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "hagan-kit @ git+https://github.com/hagan-kit/hagan-kit"], check=True)
+    KIT = "hagan-kit @ git+https://github.com/hagan-kit/hagan-kit@v0.1.0"  # pinned release
+    if subprocess.run([sys.executable, "-m", "pip", "install", "-q", KIT]).returncode:
+        raise SystemExit(f"could not install {KIT} (pip's message is above); rerun this cell")
 import hagan
 from hagan import teaching, viz
 from hagan.runtime import print_env
@@ -122,7 +123,7 @@ for path in sorted(run.rglob("*")):
 
 # %%
 records = read_metrics(run)
-fig = viz.plot_losses(run, title=f"{s.preset}: losses over {records[-1]['step']} iterations",
+fig = viz.plot_losses(records, title=f"{s.preset}: losses over {records[-1]['step']} iterations",
                       smooth=1 if len(records) < 10 else 3)
 teaching.show(fig, figures / "03_losses.png")
 
@@ -156,7 +157,7 @@ teaching.show(fig, figures / "03_real_vs_generated.png")
 # ## Exercises
 #
 # 1. **Break the low-resolution anchor.** Train a run in which D^L is switched off
-#    (`teaching.train_without_low_res_anchor(cfg, run_dir)`), so D only ever sees slabs. Compare
+#    (`train(cfg.replace(low_res_critic=False), run_dir)`), so D only ever sees slabs. Compare
 #    the low-resolution image G^L produces, and the full volumes, with this notebook's model.
 #    What does the anchor do?
 # 2. **Resume.** Continue this run for 10 more iterations (`cfg.replace(iterations=...)`) and

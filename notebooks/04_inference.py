@@ -41,8 +41,9 @@ import subprocess
 import sys
 
 if "google.colab" in sys.modules:  # on Colab: install the kit first (skipped everywhere else)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "hagan-kit @ git+https://github.com/hagan-kit/hagan-kit"], check=True)
+    KIT = "hagan-kit @ git+https://github.com/hagan-kit/hagan-kit@v0.1.0"  # pinned release
+    if subprocess.run([sys.executable, "-m", "pip", "install", "-q", KIT]).returncode:
+        raise SystemExit(f"could not install {KIT} (pip's message is above); rerun this cell")
 from hagan import teaching, viz
 from hagan.runtime import print_env
 
@@ -150,23 +151,26 @@ teaching.show(fig, figures / "04_interpolation.png")
 # %% [markdown]
 # ## 6. NIfTI export
 #
-# `save_nifti` writes a volume with an RAS+ affine and the voxel size of the training data, so
-# that any viewer (3D Slicer, ITK-SNAP, FSLeyes, nilearn) shows it the right way up and at the
-# right physical size.
+# `save_nifti` writes a volume with an RAS+ affine (as both qform and sform) and the voxel size
+# of the training data, so that any viewer (3D Slicer, ITK-SNAP, FSLeyes, nilearn) shows it the
+# right way up and at the right physical size. `nifti_settings` reads both from the dataset's
+# `dataset.json`; for CT it also returns the HU window, and the samples are written in Hounsfield
+# units (the preprocessing window inverted). MRI has no physical unit: its samples keep the
+# model's values in [-1, 1].
 
 # %%
 import nibabel as nib
 
-from hagan.data import read_info
-from hagan.generate import load_nifti, save_nifti
+from hagan.data import load_nifti, nifti_settings, read_info, save_nifti
 
-spacing = read_info(data)["spacing_mm"]
-paths = [save_nifti(v, work / "samples" / f"sample_{i:02d}.nii.gz", spacing)
+settings = nifti_settings(read_info(data))  # {"spacing": (z, y, x) mm, "hu_window": CT or None}
+paths = [save_nifti(v, work / "samples" / f"sample_{i:04d}.nii.gz", **settings)
          for i, v in enumerate(volumes)]
 img = nib.load(paths[0])
 print(f"{len(paths)} files in {paths[0].parent}; {img.shape}, voxel {img.header.get_zooms()} mm, "
       f"orientation {''.join(nib.aff2axcodes(img.affine))}")
-print("round trip max error:", float(abs(load_nifti(paths[0]) - volumes[0, 0].numpy()).max()))
+back = load_nifti(paths[0], settings["hu_window"])  # HU -> [-1, 1] again for CT
+print("round trip max error:", float(abs(back - volumes[0, 0].numpy()).max()))
 
 # %% [markdown]
 # In a live notebook, nilearn's `view_img` gives a 3D viewer (click to move the cross-hair);
@@ -177,9 +181,9 @@ if interactive:
     from nilearn.plotting import view_img
 
     view = view_img(str(paths[0]), bg_img=False, cmap="gray", symmetric_cmap=False,
-                    vmin=-1, vmax=1, threshold=None, black_bg=True, title="sample_00.nii.gz")
+                    vmin=-1, vmax=1, threshold=None, black_bg=True, title="sample_0000.nii.gz")
 else:
-    view = viz.plot_orthogonal(load_nifti(paths[0]), "sample_00.nii.gz, read back")
+    view = viz.plot_orthogonal(back, "sample_0000.nii.gz, read back")
 teaching.show(view, figures / "04_nifti.png")
 
 # %% [markdown]

@@ -16,8 +16,9 @@
 #
 # A number such as "FID 12.3" means nothing on its own: it depends on the feature extractor, its
 # weights, the number of samples N and the resolution. Every number here is shown next to the
-# same number computed between two halves of the *real* data — the best a perfect generator
-# could hope for at this N.
+# same number computed for real volumes the model never saw — the held-out split that training
+# recorded in the run folder (`split.json`) — against its training volumes: the best a perfect
+# generator could hope for at this N.
 #
 # **You will learn**
 # * what the Fréchet distance (FID) and the maximum mean discrepancy (MMD) compare, in feature
@@ -44,8 +45,9 @@ import subprocess
 import sys
 
 if "google.colab" in sys.modules:  # on Colab: install the kit first (skipped everywhere else)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "hagan-kit @ git+https://github.com/hagan-kit/hagan-kit"], check=True)
+    KIT = "hagan-kit @ git+https://github.com/hagan-kit/hagan-kit@v0.1.0"  # pinned release
+    if subprocess.run([sys.executable, "-m", "pip", "install", "-q", KIT]).returncode:
+        raise SystemExit(f"could not install {KIT} (pip's message is above); rerun this cell")
 from hagan import teaching, viz
 from hagan.runtime import print_env
 
@@ -67,9 +69,8 @@ s = teaching.settings(smoke, scale, device, seed, preset=preset, n_subjects=n_su
 # `extractor="medicalnet50", weights="resnet_50.pth"` to use the real thing.
 
 # %%
-from hagan.analysis import build_extractor
+from hagan.features import build_extractor
 from hagan.checkpoint import load_models
-from hagan.data import PreparedDataset
 from hagan.generate import sample
 
 data = teaching.ensure_demo(work, s)
@@ -80,15 +81,18 @@ features = build_extractor(extractor, weights=weights or None, models=nets, size
 print(features)
 
 # %%
-from hagan.metrics import split_halves
+from hagan.metrics import resolve_reference
 
-dataset = PreparedDataset(data, size=cfg.size)
-real = features(dataset)  # (N_real, F)
-train_idx, held_idx = split_halves(len(dataset), seed)
+# the real sets evaluate() uses: the run's training volumes and the ones it kept out (split.json)
+ref = resolve_reference(run, data, None, cfg)
+print(ref.description)
+train_set = ref.train.select(ref.train_files)
+real_train = features(train_set)  # (N_train, F)
+real_held = features(ref.heldout.select(ref.heldout_files))  # (N_held, F), never trained on
 fake_volumes = sample(nets["G"], 2 * s.n_samples, seed=seed, device=s.device)
 fake = features(fake_volumes)  # (N_gen, F)
-print(f"features: real {real.shape} (train half {len(train_idx)}, held-out half "
-      f"{len(held_idx)}), generated {fake.shape}")
+print(f"features: real train {real_train.shape}, real held-out {real_held.shape}, "
+      f"generated {fake.shape}")
 
 # %% [markdown]
 # ## 2. Fréchet distance (FID)
@@ -104,25 +108,28 @@ print(f"features: real {real.shape} (train half {len(train_idx)}, held-out half 
 # %%
 from hagan.metrics import fid
 
-print(f"FID held-out real vs train real: {fid(real[held_idx], real[train_idx]):8.3f}  (baseline)")
-print(f"FID generated    vs train real: {fid(fake, real[train_idx]):8.3f}")
+print(f"FID held-out real vs train real: {fid(real_held, real_train):8.3f}  (baseline)")
+print(f"FID generated    vs train real: {fid(fake, real_train):8.3f}")
 
 # %% [markdown]
 # ## 3. Maximum mean discrepancy (MMD)
 #
-# MMD compares the two samples through a Gaussian kernel $k(a, b) = e^{-\lVert a-b\rVert^2/2\sigma^2}$
+# MMD compares the two samples through a Gaussian kernel $k(a, b) = e^{-\lVert a-b\rVert^2/m^2}$
 # without assuming Gaussians:
 # $\mathrm{MMD}^2 = \mathbb E[k(r, r')] + \mathbb E[k(g, g')] - 2\,\mathbb E[k(r, g)]$
-# (unbiased estimate; it can dip slightly below 0 when the samples agree). A permutation test
-# turns it into a p-value: how often a random relabelling of the pooled sample gives a larger
-# MMD².
+# (unbiased estimate; it can dip slightly below 0 when the samples agree). The kernel scale $m$
+# is the median of all pairwise distances in the pooled sample, as in the published HA-GAN
+# evaluation, so these numbers are computed the way the paper's are. `mmd` is the one function
+# the kit has: `evaluate` below calls it on the same sets and reports the same values. A
+# permutation test turns MMD² into a p-value: how often a random relabelling of the pooled
+# sample gives a larger MMD².
 
 # %%
 from hagan.metrics import mmd
 
 permutations = 20 if smoke else 200
-for name, x in (("held-out real", real[held_idx]), ("generated", fake)):
-    value, p = mmd(x, real[train_idx], permutations=permutations, seed=seed)
+for name, x in (("held-out real", real_held), ("generated", fake)):
+    value, p = mmd(x, real_train, permutations=permutations, seed=seed)
     print(f"MMD^2 {name:<13} vs train real: {value:8.4f}  (p = {p:.3f}, {permutations} perms)")
 
 # %% [markdown]
@@ -139,7 +146,7 @@ from hagan.metrics import diversity, ms_ssim_3d
 pairs = 10 if smoke else 100
 print(f"MS-SSIM of a volume with itself: {ms_ssim_3d(fake_volumes[0], fake_volumes[0])[0]:.3f}")
 print(f"mean MS-SSIM, random generated pairs: {diversity(fake_volumes, n_pairs=pairs):.3f}")
-print(f"mean MS-SSIM, random real pairs:      {diversity(dataset, n_pairs=pairs):.3f}")
+print(f"mean MS-SSIM, random real pairs:      {diversity(train_set, n_pairs=pairs):.3f}")
 
 # %% [markdown]
 # ## 5. Everything at once: `hagan.metrics.evaluate`
@@ -147,7 +154,8 @@ print(f"mean MS-SSIM, random real pairs:      {diversity(dataset, n_pairs=pairs)
 # `evaluate` (and the `hagan evaluate` command) does all of the above, adds the memorisation
 # check — for each generated volume the feature distance to its nearest *training* volume,
 # against the same distance for held-out real volumes — caches the real features, and writes a
-# JSON report whose every number names extractor, weights hash, N and resolution.
+# JSON report whose every number names extractor, weights hash, N and resolution, and which
+# real volumes it compared with (its last line). Its MMD² rows are the values printed above.
 
 # %%
 from hagan.metrics import evaluate, format_table

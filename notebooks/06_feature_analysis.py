@@ -39,9 +39,10 @@ import subprocess
 import sys
 
 if "google.colab" in sys.modules:  # on Colab: install the kit first (skipped everywhere else)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "hagan-kit @ git+https://github.com/hagan-kit/hagan-kit"], check=True)
-from hagan import teaching, viz
+    KIT = "hagan-kit @ git+https://github.com/hagan-kit/hagan-kit@v0.1.0"  # pinned release
+    if subprocess.run([sys.executable, "-m", "pip", "install", "-q", KIT]).returncode:
+        raise SystemExit(f"could not install {KIT} (pip's message is above); rerun this cell")
+from hagan import analysis, teaching, viz
 from hagan.runtime import print_env
 
 print_env()  # versions, CPU threads and the GPU, if any
@@ -58,7 +59,7 @@ s = teaching.settings(smoke, scale, device, seed, preset=preset, n_subjects=n_su
 # per volume. We encode every real volume and as many generated ones.
 
 # %%
-from hagan.analysis import build_extractor
+from hagan.features import build_extractor
 from hagan.checkpoint import load_models
 from hagan.data import PreparedDataset
 from hagan.generate import sample
@@ -81,7 +82,7 @@ print(f"{encoder}: real {real.shape}, generated {fake.shape}")
 # are what a good generator produces; separate clouds mean the encoder can tell them apart.
 
 # %%
-fig = viz.plot_embedding({"real": real, "generated": fake}, method="pca",
+fig = analysis.plot_embedding({"real": real, "generated": fake}, method="pca",
                          title=f"PCA of encoder features ({cfg.preset}, {real.shape[1]}-d)")
 teaching.show(fig, figures / "06_pca.png")
 
@@ -93,7 +94,7 @@ teaching.show(fig, figures / "06_pca.png")
 # PCA keeps the directions of largest variance; MDS keeps the neighbourhoods.
 
 # %%
-fig = viz.plot_embedding({"real": real, "generated": fake}, method="mds", seed=seed,
+fig = analysis.plot_embedding({"real": real, "generated": fake}, method="mds", seed=seed,
                          title="metric MDS of encoder features")
 teaching.show(fig, figures / "06_mds.png")
 

@@ -41,8 +41,9 @@ import subprocess
 import sys
 
 if "google.colab" in sys.modules:  # on Colab: install the kit first (skipped everywhere else)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "hagan-kit @ git+https://github.com/hagan-kit/hagan-kit"], check=True)
+    KIT = "hagan-kit @ git+https://github.com/hagan-kit/hagan-kit@v0.1.0"  # pinned release
+    if subprocess.run([sys.executable, "-m", "pip", "install", "-q", KIT]).returncode:
+        raise SystemExit(f"could not install {KIT} (pip's message is above); rerun this cell")
 import hagan
 from hagan import teaching, viz
 from hagan.runtime import print_env
@@ -76,7 +77,7 @@ from hagan.bench import bench_train
 
 precisions = ["fp32", "bf16"] + (["fp16"] if s.device.type == "cuda" else [])
 iters, warmup = (1, 0) if smoke else (3, 1)
-timing = {p: bench_train(s.preset, batch=2, device=s.device.type, iters=iters, warmup=warmup,
+timing = {p: bench_train(s.preset, batch_size=2, device=s.device.type, iters=iters, warmup=warmup,
                          precision=p, count_flops=False)["s_per_iter"] for p in precisions}
 print({p: f"{t * 1000:.0f} ms" for p, t in timing.items()})
 fig = viz.plot_bars({p: t * 1000 for p, t in timing.items()}, xlabel="precision",
@@ -131,7 +132,7 @@ if ddp_demo:
 #   and the peak memory before you commit to a long run.
 # * Memory: the authors trained the 256³ model at batch 4 split over two V100s (notebook `02`
 #   shows why it fits at all). On one 16 GB GPU, measure first (`hagan bench --preset paper256
-#   --batch 2 --device cuda --precision fp16`) and lower the batch size if needed.
+#   --batch-size 2 --device cuda --precision fp16`) and lower the batch size if needed.
 #
 # ## 4. Loading the published HA-GAN weights
 #

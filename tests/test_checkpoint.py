@@ -33,8 +33,12 @@ def test_run_folder_resolves_to_newest_good_checkpoint(tmp_path):
     newest.write_bytes(newest.read_bytes()[:1000])  # truncated by a crash
     ckpt.checkpoint_path(tmp_path, 4).write_bytes(b"")  # zero bytes
     assert ckpt.resolve(tmp_path) == ckpt.checkpoint_path(tmp_path, 2)
+    # only loadable checkpoints count: the newest good one (2) is kept, the broken ones are
+    # set aside under another name (not deleted), the older good one is pruned
     ckpt.prune_checkpoints(tmp_path, keep=1)
-    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["ckpt_00000004.pt"]
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["ckpt_00000002.pt"]
+    assert sorted(p.name for p in (tmp_path / ckpt.CHECKPOINT_DIR).glob("*.damaged")) == [
+        "ckpt_00000003.pt.damaged", "ckpt_00000004.pt.damaged"]
 
 
 @pytest.mark.parametrize("content, message", [

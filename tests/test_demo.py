@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
 
 from hagan import cli
 from hagan.data import PreparedDataset
-from hagan.demo import DEMO_SOURCE, demo_volume, make_demo_dataset, template_cube
+from hagan.demo import DEMO_SOURCE, demo_volume, is_built, make_demo_dataset, template_cube
+from hagan.errors import ConfigError, RunError
 
 SIZE = 32
 
@@ -96,38 +98,51 @@ def test_rebuild_in_place_reuses_or_replaces(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"size": 48}, r"2\^k in \[32, 256\].*found --size 48"),
-    ({"n": 0}, "at least one volume"),
-    ({"lesion_fraction": 1.5}, r"lesion fraction in \[0, 1\]"),
-    ({"seed": -1}, "seed >= 0"),
+    ({"size": 48}, r"--size: expected a cube side 2\^k in \[32, 256\].*found 48"),
+    ({"n": 0}, "--n: expected at least one volume, found 0"),
+    ({"lesion_fraction": 1.5}, r"--lesion-fraction: expected a fraction in \[0, 1\]"),
+    ({"seed": -1}, "--seed: expected a seed >= 0"),
 ])
 def test_bad_arguments(tmp_path, kwargs, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ConfigError, match=match):
         make_demo_dataset(tmp_path / "x", progress=False, **kwargs)
     assert not (tmp_path / "x").exists()
 
 
+def test_is_built_is_the_recipe_check(demo, tmp_path):
+    """The one recipe check (make_demo_dataset's reuse and the notebooks' ensure_demo): true
+    only for the same arguments and with every volume file present."""
+    assert is_built(demo, n=6, size=SIZE, seed=0, lesion_fraction=0.5)
+    assert not is_built(demo, n=6, size=SIZE, seed=1, lesion_fraction=0.5)
+    assert not is_built(demo, n=6, size=SIZE, seed=0, lesion_fraction=0.0)
+    assert not is_built(tmp_path / "nothing", n=6, size=SIZE, seed=0)
+    copy = tmp_path / "copy"
+    shutil.copytree(demo, copy)
+    (copy / "volumes" / "demo_0005.npy").unlink()
+    assert not is_built(copy, n=6, size=SIZE, seed=0, lesion_fraction=0.5)
+
+
 def test_refuses_a_foreign_non_empty_folder(tmp_path):
     (tmp_path / "mine.txt").write_text("keep me")
-    with pytest.raises(FileExistsError, match="not a demo dataset.*--force"):
+    with pytest.raises(RunError, match="not a demo dataset.*--force"):
         make_demo_dataset(tmp_path, n=1, progress=False)
     assert (tmp_path / "mine.txt").read_text() == "keep me"
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
-    assert cli.main(["demo-data", str(tmp_path / "x"), "--size", "48"]) == 2
+    assert cli.main(["demo-data", "--out", str(tmp_path / "x"), "--size", "48"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("hagan demo-data: error:") and "48" in err and "\n" not in err
     (tmp_path / "y").mkdir()
     (tmp_path / "y" / "notes.txt").write_text("")
-    assert cli.main(["demo-data", str(tmp_path / "y"), "--n", "1"]) == 2
+    assert cli.main(["demo-data", "--out", str(tmp_path / "y"), "--n", "1"]) == 2
     assert "--force" in capsys.readouterr().err
 
 
 def test_cli_builds_and_says_where(tmp_path, capsys):
     out = tmp_path / "cli"
-    code = cli.main(["demo-data", str(out), "--n", "2", "--size", "32", "--lesion-fraction",
-                     "0.5", "--workers", "1", "--no-progress"])
+    code = cli.main(["demo-data", "--out", str(out), "--n", "2", "--size", "32",
+                     "--lesion-fraction", "0.5", "--workers", "1", "--no-progress"])
     assert code == 0
     assert str(out.resolve()) in capsys.readouterr().out
     assert len(PreparedDataset(out, size=32, num_classes=2)) == 2

@@ -6,15 +6,8 @@ import pytest
 import torch
 
 from hagan.config import preset
-from hagan.generate import (
-    interpolate,
-    load_nifti,
-    reconstruct,
-    sample,
-    save_nifti,
-    slerp,
-    volume_affine,
-)
+from hagan.data import load_nifti, save_nifti, volume_affine
+from hagan.generate import interpolate, reconstruct, sample, slerp
 from hagan.models import Generator, build_models
 
 
@@ -86,7 +79,7 @@ def test_subpixel_upsample_conv_equals_upsample_then_conv(c_out):
     from there on), forward and gradients, are the paper's upsample + conv."""
     import torch.nn.functional as F
 
-    from hagan.models import MIN_TRANSPOSED_CHANNELS, upsample_conv3d
+    from hagan.upsample import MIN_TRANSPOSED_CHANNELS, upsample_conv3d
 
     torch.manual_seed(0)
     x = torch.randn(2, 5, 3, 4, 6, requires_grad=True)
@@ -115,3 +108,85 @@ def test_chunked_generation_equals_one_pass(chunk):
     assert (whole - parts).abs().max().item() <= 1e-5
     with pytest.raises(ValueError, match="chunk must be a positive"):
         G.generate(z, y, chunk=0)
+
+
+# --- NIfTI outputs that viewers read correctly ----------------------------------------------------
+def test_nifti_sets_qform_and_sform_with_the_same_affine(tmp_path):
+    """Viewers read either the qform (ITK, Slicer) or the sform (FSL): both carry the affine."""
+    vol = np.random.default_rng(0).uniform(-1, 1, (16, 16, 16)).astype(np.float32)
+    img = nib.load(save_nifti(vol, tmp_path / "v.nii.gz", spacing=(3.0, 2.0, 1.0)))
+    expected = np.array([[1.0, 0, 0, -7.5], [0, 2.0, 0, -15.0], [0, 0, 3.0, -22.5], [0, 0, 0, 1]])
+    assert int(img.header["qform_code"]) == 1 and int(img.header["sform_code"]) == 1
+    assert np.allclose(img.get_qform(), expected) and np.allclose(img.get_sform(), expected)
+    assert img.get_data_dtype() == np.float32
+    assert b"no physical unit" in img.header["descrip"].tobytes()
+    assert np.array_equal(load_nifti(img.get_filename()), vol)
+
+
+def test_ct_samples_are_written_in_hounsfield_units(tmp_path):
+    """The dataset's window [-1024, 600] HU is inverted; int16 HU round-trips within one
+    quantisation step (1 HU; 2/1624 in the kit's [-1, 1])."""
+    low, high = -1024.0, 600.0
+    vol = np.random.default_rng(1).uniform(-1, 1, (16, 16, 16)).astype(np.float32)
+    vol[0, 0, :2] = (-1.0, 1.0)
+    img = nib.load(save_nifti(vol, tmp_path / "ct.nii.gz", spacing=(1, 1, 1),
+                              hu_window=(low, high)))
+    assert img.get_data_dtype() == np.int16
+    assert (float(img.header["cal_min"]), float(img.header["cal_max"])) == (low, high)
+    hu_expected = low + (vol + 1.0) / 2.0 * (high - low)  # written independently of hagan.data
+    hu_read = load_nifti(img.get_filename())
+    assert np.abs(hu_read - hu_expected).max() <= 0.5 + 1e-3
+    assert hu_read.min() == low and hu_read.max() == high
+    back = load_nifti(img.get_filename(), hu_window=(low, high))
+    assert np.abs(back - vol).max() <= 2.0 / (high - low)
+
+
+def test_nifti_settings_come_from_dataset_json_and_never_default_to_1mm():
+    from hagan.data import nifti_settings
+    from hagan.errors import DataError
+
+    ct = nifti_settings({"modality": "ct", "window": [-1024, 600], "spacing_mm": [2, 2, 2]})
+    assert ct == {"spacing": (2.0, 2.0, 2.0), "hu_window": (-1024.0, 600.0)}
+    mri = nifti_settings({"modality": "mri", "window": None, "spacing_mm": [1.5] * 3})
+    assert mri == {"spacing": (1.5, 1.5, 1.5), "hu_window": None}
+    with pytest.raises(DataError, match="spacing_mm.*--spacing"):
+        nifti_settings({"modality": "mri"})
+    with pytest.raises(DataError, match="CT window"):
+        nifti_settings({"modality": "ct", "spacing_mm": [1, 1, 1]})
+
+
+def test_hagan_generate_writes_the_runs_voxel_size_and_hu(tmp_path, capsys):
+    """``hagan generate RUN`` takes voxel size and HU window from the dataset the run recorded;
+    a weights file with no dataset fails closed with one line unless --spacing is given."""
+    from helpers import make_random_dataset
+
+    from hagan import checkpoint as ckpt
+    from hagan.cli import main
+    from hagan.data import DataSplit, write_info
+
+    data = make_random_dataset(tmp_path / "data", n=2, size=32)
+    write_info(data, {"size": 32, "modality": "ct", "window": [-1000.0, 400.0],
+                      "spacing_mm": [2.5, 2.5, 2.5]})
+    cfg = preset("tiny32")
+    run = tmp_path / "run"
+    ckpt.save_models(ckpt.checkpoint_path(run, 1), cfg, build_models(cfg), step=1)
+    ckpt.write_split(run, DataSplit(str(data.resolve()), 0.0, 0, ("vol_000.npy",), ()))
+    assert main(["generate", str(run), "--n", "1", "--device", "cpu",
+                 "--out", str(tmp_path / "s")]) == 0
+    img = nib.load(str(tmp_path / "s" / "sample_0000.nii.gz"))
+    assert np.allclose(img.header.get_zooms(), (2.5, 2.5, 2.5))
+    assert img.get_data_dtype() == np.int16 and int(img.header["qform_code"]) == 1
+    hu = np.asarray(img.dataobj)
+    assert hu.min() >= -1000 and hu.max() <= 400
+
+    bare = ckpt.save_models(tmp_path / "bare.pt", cfg, build_models(cfg))  # cfg.data is ""
+    capsys.readouterr()
+    assert main(["generate", str(bare), "--n", "1", "--device", "cpu",
+                 "--out", str(tmp_path / "t")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--spacing" in err
+    assert not (tmp_path / "t" / "sample_0000.nii.gz").exists()
+    assert main(["generate", str(bare), "--n", "1", "--device", "cpu", "--spacing", "1", "1",
+                 "2", "--out", str(tmp_path / "t")]) == 0
+    img = nib.load(str(tmp_path / "t" / "sample_0000.nii.gz"))
+    assert np.allclose(img.header.get_zooms(), (2.0, 1.0, 1.0))  # (x, y, z) of (z, y, x)

@@ -14,7 +14,7 @@ import torch
 
 from hagan import checkpoint as ckpt
 from hagan.bench import RandomVolumes
-from hagan.config import preset
+from hagan.config import PRECISIONS, preset
 from hagan.models import Generator
 from hagan.train import Trainer
 
@@ -30,7 +30,7 @@ def _trainer(tmp_path, precision="fp32", **overrides) -> Trainer:
     return Trainer(cfg, tmp_path / precision, dataset=RandomVolumes(32, n=2), resume=False)
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+@pytest.mark.parametrize("precision", PRECISIONS)
 def test_training_step_on_cuda_updates_every_network(tmp_path, precision):
     tr = _trainer(tmp_path, precision)
     before = {k: [p.detach().clone() for p in n.parameters()] for k, n in tr.nets.items()}

@@ -15,9 +15,11 @@ import torch
 from helpers import make_random_dataset
 
 from hagan import analysis, metrics
-from hagan.analysis import MedicalNetResNet, RandomFeatureNet, build_extractor
 from hagan.checkpoint import CheckpointError, save_models
 from hagan.config import preset
+from hagan.errors import ConfigError, RunError
+from hagan.features import MedicalNetResNet, RandomFeatureNet, build_extractor
+from hagan.fileio import sha256_file
 from hagan.models import build_models
 
 
@@ -110,6 +112,43 @@ def test_mmd_equal_vs_shifted_samples_and_permutation_p_values():
     assert abs(same) < 0.02 and shifted > 10 * max(abs(same), 1e-3)
     assert p_shift < 0.01 and p_same > 0.1
     assert metrics.mmd(x, y)[1] is None
+
+
+def _published_mmd2(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Independent reference of the published MMD (torch-two-sample MMDStatistic with
+    alphas='median', as called by HA-GAN's evaluation/fid_score.py): the median of the whole
+    pooled distance matrix by torch.median (lower middle value), kernel exp(-d^2/m^2), unbiased
+    estimator written as explicit sums over pairs. Returns (mmd2, m)."""
+    z = np.concatenate([x, y])
+    n, m = len(x), len(y)
+    d = np.sqrt(((z[:, None, :] - z[None, :, :]) ** 2).sum(-1))  # (N, N), diagonal 0
+    scale = float(torch.median(torch.from_numpy(d).flatten()))
+    k = np.exp(-(d**2) / scale**2)
+    within_x = sum(k[i, j] for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+    within_y = sum(k[n + i, n + j] for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    across = sum(k[i, n + j] for i in range(n) for j in range(m)) / (n * m)
+    return within_x + within_y - 2 * across, scale
+
+
+@pytest.mark.parametrize("sizes", [(7, 5), (6, 6), (3, 9)])
+def test_mmd_is_the_published_statistic(sizes):
+    """Kernel exp(-d²/m²) with m the median of the pooled distances (diagonal included, lower
+    middle value) and the unbiased estimator, as published; evaluate() uses the same function."""
+    rng = np.random.default_rng(sum(sizes))
+    x = rng.normal(size=(sizes[0], 4))
+    y = rng.normal(size=(sizes[1], 4)) * 1.5 + 0.3
+    expected, scale = _published_mmd2(x, y)
+    assert metrics.median_bandwidth(np.concatenate([x, y])) == pytest.approx(scale, rel=1e-12)
+    assert metrics.mmd(x, y)[0] == pytest.approx(expected, rel=1e-10)
+    assert metrics.mmd(y, x)[0] == pytest.approx(expected, rel=1e-10)  # symmetric
+    assert metrics.mmd(x, y, bandwidth=scale)[0] == pytest.approx(expected, rel=1e-10)
+
+
+def test_mmd_kernel_scale_of_identical_features_is_refused():
+    from hagan.errors import DataError
+
+    with pytest.raises(DataError, match="median pairwise distance is 0"):
+        metrics.median_bandwidth(np.zeros((5, 3)))
 
 
 def test_mmd_rejects_bad_input():
@@ -207,9 +246,9 @@ def resnet10(tmp_path_factory):
 
 def test_medicalnet_loads_the_published_layout(resnet10, caplog):
     net, path = resnet10  # {'state_dict': {'module.conv1.weight': ..., 'module.conv_seg...'}}
-    with caplog.at_level(logging.INFO, logger="hagan.analysis"):
+    with caplog.at_level(logging.INFO, logger="hagan.features"):
         ext = build_extractor("medicalnet10", weights=path, device="cpu", progress=False)
-    assert analysis.sha256_file(path) == ext.weights_hash and ext.weights_hash in caplog.text
+    assert sha256_file(path) == ext.weights_hash and ext.weights_hash in caplog.text
     assert ext.name == "medicalnet10" and ext.net.shortcut == "B"
     volumes = torch.rand(3, 1, 24, 24, 24) * 2 - 1
     with torch.no_grad():
@@ -263,7 +302,7 @@ def test_medicalnet_refuses_mismatched_or_foreign_weights(resnet10, tmp_path):
     torch.save({"state_dict": {"x": torch.zeros(1)}, "opt": object()}, tmp_path / "unsafe.pth")
     with pytest.raises(CheckpointError, match="weights_only"):
         build_extractor("medicalnet10", weights=tmp_path / "unsafe.pth", device="cpu")
-    with pytest.raises(ValueError, match="--weights FILE is needed"):
+    with pytest.raises(ConfigError, match="--weights: expected a weights FILE for medicalnet"):
         build_extractor("medicalnet10", device="cpu")
 
 
@@ -381,7 +420,7 @@ def test_evaluate_end_to_end_on_tiny32(tiny_run, extractor):
     again = metrics.evaluate(ckpt, data, extractor=extractor, n=6, seed=0, device="cpu",
                              progress=False, permutations=20, n_pairs=6)
     assert again["metrics"]["fid"] == m["fid"]
-    with pytest.raises(FileExistsError, match="--force"):
+    with pytest.raises(RunError, match="--force"):
         metrics.evaluate(ckpt, data, extractor=extractor, n=6, out=out)
 
 
@@ -404,3 +443,117 @@ def test_hagan_evaluate_cli_prints_a_table_naming_everything(tiny_run, capsys):
     assert "already exists" in capsys.readouterr().err
     assert main([*argv, "--force", "--extractor", "medicalnet50"]) == 2
     assert "--weights FILE" in capsys.readouterr().err
+
+
+# --- the held-out split and the reference evaluate uses -------------------------------------------
+def test_holdout_split_is_fold_0_of_the_published_kfold():
+    """At 0.2 (the default) the held-out files are fold 0 of the published split,
+    KFold(n_splits=5, shuffle=True, random_state=0), over the sorted file names."""
+    from sklearn.model_selection import KFold
+
+    from hagan.data import holdout_count, split_files
+
+    for n in (5, 6, 13, 16, 64):
+        names = [f"v{i:03d}.npy" for i in range(n)]
+        train, held = split_files(names[::-1], 0.2)
+        _, fold0 = next(KFold(n_splits=5, shuffle=True, random_state=0).split(names))
+        assert held == sorted(names[i] for i in fold0)
+        assert sorted(train + held) == names and not set(train) & set(held)
+    assert split_files(["a", "b", "c"], 0.0) == (["a", "b", "c"], [])
+    assert [holdout_count(n, 0.2) for n in (1, 2, 4, 5, 15)] == [0, 1, 1, 1, 3]
+    assert holdout_count(3, 0.9) == 2  # a run keeps one training volume
+
+
+@pytest.fixture(scope="module")
+def split_run(tmp_path_factory):
+    """A tiny32 run trained 2 iterations on 10 volumes: 2 held out (split.json)."""
+    from hagan.train import train
+
+    root = tmp_path_factory.mktemp("split_run")
+    data = make_random_dataset(root / "data", n=10, size=32, seed=3)
+    cfg = preset("tiny32", iterations=2, data=str(data), progress=False, tensorboard=False,
+                 device="cpu")
+    train(cfg, root / "run")
+    return root, data, cfg
+
+
+def test_training_uses_the_train_split_and_records_it(split_run):
+    from hagan.checkpoint import read_split
+    from hagan.train import Trainer
+
+    root, data, cfg = split_run
+    split = read_split(root / "run")
+    assert split is not None and split.data == str(data.resolve())
+    assert len(split.heldout) == 2 and len(split.train) == 8
+    resumed = Trainer(cfg.replace(iterations=3), root / "run")  # resumes: the recorded split
+    assert [r.file for r in resumed.dataset.records] == list(split.train)
+    assert resumed.split == split
+
+
+def test_evaluate_compares_with_the_runs_heldout_volumes(split_run):
+    """No --data, no --heldout: the run's recorded held-out volumes; the report says so; the
+    MMD printed by hand with metrics.mmd on the same sets is the one evaluate reports."""
+    from hagan.checkpoint import load_models, read_split
+    from hagan.data import PreparedDataset
+    from hagan.generate import sample
+
+    root, data, _ = split_run
+    split = read_split(root / "run")
+    report = metrics.evaluate(root / "run", extractor="random", n=4, seed=0, device="cpu",
+                              progress=False, permutations=0, n_pairs=2, use_cache=False)
+    ref = report["reference"]
+    assert ref["kind"] == metrics.REF_RUN_HELDOUT and ref["is_heldout"]
+    assert (report["n_real_train"], report["n_real_heldout"]) == (8, 2)
+    assert "held-out split" in report["heldout"]
+    assert {c["train_file"] for c in report["metrics"]["memorisation"]["closest"]} <= set(
+        split.train)
+    assert "Reference: held-out: the run's held-out split" in metrics.format_table(report)
+
+    _, nets = load_models(root / "run")
+    ext = build_extractor("random", size=32, device="cpu", batch_size=2, progress=False)
+    full = PreparedDataset(data, size=32)
+    train_f = ext(full.select(list(split.train)))
+    held_f = ext(full.select(list(split.heldout)))
+    fake_f = ext(sample(nets["G"], 4, batch_size=2, seed=0, device="cpu"))
+    mm = report["metrics"]["mmd2"]
+    assert metrics.mmd(fake_f, train_f)[0] == pytest.approx(mm["generated_vs_train"], rel=1e-6)
+    assert metrics.mmd(held_f, train_f)[0] == pytest.approx(mm["heldout_vs_train"], rel=1e-6)
+
+
+def test_evaluate_refuses_training_volumes_as_heldout(split_run, tmp_path):
+    from hagan.checkpoint import read_split
+    from hagan.data import Record, write_info, write_manifest
+    from hagan.errors import DataError
+
+    root, data, _ = split_run
+    kw = dict(extractor="random", n=2, device="cpu", progress=False, permutations=0, n_pairs=2,
+              use_cache=False)
+    with pytest.raises(DataError, match="training volumes"):  # the training folder itself
+        metrics.evaluate(root / "run", heldout=data, **kw)
+    # another folder holding a copy of one training volume (found by content) is refused too
+    other = make_random_dataset(tmp_path / "other", n=3, size=32, seed=11)
+    train_file = read_split(root / "run").train[0]
+    (other / "volumes" / "copy.npy").write_bytes((data / "volumes" / train_file).read_bytes())
+    write_manifest(other, [Record(f"vol_{i:03d}.npy") for i in range(3)] + [Record("copy.npy")])
+    write_info(other, {"size": 32, "modality": "synthetic", "spacing_mm": [1.0] * 3})
+    with pytest.raises(DataError, match=r"1 of its 4 volumes are training volumes.*copy.npy"):
+        metrics.evaluate(root / "run", heldout=other, **kw)
+    (other / "volumes" / "copy.npy").unlink()
+    write_manifest(other, [Record(f"vol_{i:03d}.npy") for i in range(3)])
+    report = metrics.evaluate(root / "run", heldout=other, **kw)
+    assert report["reference"]["kind"] == metrics.REF_HELDOUT_FOLDER
+    assert report["n_real_heldout"] == 3 and report["n_real_train"] == 8
+
+
+def test_evaluate_without_a_heldout_set_says_train_subset(tiny_run):
+    """A checkpoint that records no split (here a bare file) has no held-out volumes: the
+    baseline is labelled a train subset, never held-out, and memorisation is not claimed."""
+    root, ckpt, data = tiny_run
+    report = metrics.evaluate(ckpt, data, extractor="random", n=4, device="cpu", progress=False,
+                              permutations=0, n_pairs=2, use_cache=False)
+    assert report["reference"]["kind"] == metrics.REF_TRAIN_SUBSET
+    assert not report["reference"]["is_heldout"]
+    assert report["metrics"]["memorisation"]["valid"] is False
+    table = metrics.format_table(report)
+    assert "NOT held-out" in table and "real-heldout" not in table
+    assert "memorisation: not measured" in table

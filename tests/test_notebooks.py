@@ -23,10 +23,25 @@ NOTEBOOKS = notebook_paths(NOTEBOOK_DIR)
 MAIN = [p for p in NOTEBOOKS if p.parent.name != SOLUTIONS]
 BUILD = REPO / "build" / "notebooks"
 WORK = BUILD / "work"
-MAX_CODE_LINES = 15  # STYLE.md rule 1: notebook code cells <= ~15 lines
-MAX_OUTPUT_LINES = 100  # STYLE.md rule 14 (MONAI's NB_OUTPUT_LINE_CAP)
-COLAB = "https://colab.research.google.com/github/hagan-kit/hagan-kit/blob/main/notebooks/"
-BINDER = "https://mybinder.org/v2/gh/hagan-kit/hagan-kit/HEAD?labpath=notebooks%2F"
+MAX_CODE_LINES = 15  # house style: notebook code cells <= ~15 lines
+MAX_OUTPUT_LINES = 100  # house style (as MONAI's NB_OUTPUT_LINE_CAP)
+
+
+def _pyproject() -> dict:
+    tomllib = pytest.importorskip("tomllib") if sys.version_info >= (3, 11) else \
+        pytest.importorskip("tomli")
+    return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+
+
+# The repository URL is written once, in pyproject.toml's [project.urls]; everything else derives.
+# (Read with a regex so that these module constants need no TOML parser on Python 3.10.)
+_TOML = (REPO / "pyproject.toml").read_text()
+REPO_URL = re.search(r'^\[project\.urls\][^\[]*?^Repository = "([^"]+)"', _TOML, re.M | re.S)[1]
+SLUG = REPO_URL.removeprefix("https://github.com/")  # owner/name
+VERSION = re.search(r'^version = "([^"]+)"', _TOML, re.M)[1]
+COLAB = f"https://colab.research.google.com/github/{SLUG}/blob/main/notebooks/"
+BINDER = f"https://mybinder.org/v2/gh/{SLUG}/HEAD?labpath=notebooks%2F"
+COLAB_KIT = f"hagan-kit @ git+{REPO_URL}@v{VERSION}"  # what the Colab install cell pins
 EXPECTED_NAMES = ["00_setup_and_data_tour", "01_preprocessing_with_torchio",
                   "02_the_hierarchical_idea", "03_training", "04_inference", "05_evaluation",
                   "06_feature_analysis", "07_scaling_up"]
@@ -38,11 +53,12 @@ EXPECTED_OUTPUTS = {
     "01_preprocessing_with_torchio": ["prepared_ct32/dataset.json", "prepared_ct32/volumes/*.npy",
                                       "prepared_mri32/volumes/mni152_t1.npy",
                                       "figures/01_windows.png"],
-    "02_the_hierarchical_idea": ["step_costs.json", "figures/02_step_costs.png",
+    "02_the_hierarchical_idea": ["step_costs.json", "memory_counts.json",
+                                 "figures/02_step_costs.png",
                                  "figures/02_slab.png", "figures/02_coverage.png"],
     "03_training": ["run_tiny32/checkpoints/ckpt_*.pt", "run_tiny32/metrics.jsonl",
                     "figures/03_losses.png", "figures/03_real_vs_generated.png"],
-    "04_inference": ["samples/sample_00.nii.gz", "run_tiny32_conditional/checkpoints/ckpt_*.pt",
+    "04_inference": ["samples/sample_0000.nii.gz", "run_tiny32_conditional/checkpoints/ckpt_*.pt",
                      "figures/04_conditional.png", "figures/04_interpolation.png",
                      "figures/04_nifti.png"],
     "05_evaluation": ["report_tiny32.json", "figures/05_metrics.png"],
@@ -104,7 +120,7 @@ def test_parameters_cell(path):
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
 def test_cell_order(path):
-    """Title and "you will learn" -> parameters -> setup -> sections -> "Next" (STYLE.md 14)."""
+    """Title and "you will learn" -> parameters -> setup -> sections -> "Next" (house style)."""
     cells = _read(path).cells
     title = cells[0]
     assert title.cell_type == "markdown" and title.source.startswith("# ")
@@ -129,6 +145,40 @@ def test_badges(path):
     rel = path.relative_to(NOTEBOOK_DIR).as_posix()
     assert f"{COLAB}{rel})" in title, f"{path.name}: Open-in-Colab badge missing or wrong"
     assert f"{BINDER}{rel.replace('/', '%2F')})" in title, f"{path.name}: Binder badge"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_colab_install_cell_pins_the_release_and_fails_clearly(path):
+    setup = _read(path).cells[2].source
+    kits = re.findall(r'KIT = "([^"]+)"', setup)
+    assert kits == [COLAB_KIT], f"{path.name}: the Colab install cell installs {kits}"
+    assert "check=True" not in setup and "raise SystemExit(" in setup, (
+        f"{path.name}: a failed install must stop with one clear line, not a traceback")
+
+
+# Where a student meets the repository's address: badges, install cells, the README, the docs.
+URL_FILES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")),
+             *sorted((REPO / "binder").iterdir()), *NOTEBOOKS,
+             *[p.with_suffix(".py") for p in NOTEBOOKS]]
+URL_PATTERNS = [r"colab\.research\.google\.com/github/([\w.-]+/[\w.-]+)/",
+                r"mybinder\.org/v2/gh/([\w.-]+/[\w.-]+)/",
+                r"git\+https://github\.com/([\w.-]+/[\w.-]+?)(?:\.git)?[@\"'\s#]",
+                r"github\.com/([\w.-]*hagan-kit[\w.-]*/[\w.-]+)"]
+
+
+def test_every_badge_and_install_url_is_the_project_url():
+    found = 0
+    for path in URL_FILES:
+        text = path.read_text(encoding="utf-8")
+        for pattern in URL_PATTERNS:
+            for slug in re.findall(pattern, text):
+                found += 1
+                assert slug == SLUG, (f"{path.relative_to(REPO)} names the repository {slug!r}; "
+                                      f"pyproject.toml's [project.urls] says {REPO_URL}")
+    assert found >= 3 * len(NOTEBOOKS), "the badges and install cells were not found"
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert f"{COLAB}00_setup_and_data_tour.ipynb" in readme and f"mybinder.org/v2/gh/{SLUG}/" \
+        in readme, "README: the Colab and Binder links of section 'Open the notebooks'"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
@@ -168,10 +218,9 @@ def _spec(requirement: str) -> str:
 
 
 def _pyproject_requirements() -> dict[str, str]:
-    tomllib = pytest.importorskip("tomllib") if sys.version_info >= (3, 11) else \
-        pytest.importorskip("tomli")
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    reqs = list(project["dependencies"]) + list(project["optional-dependencies"]["dev"])
+    project = _pyproject()
+    extras = project["optional-dependencies"]
+    reqs = list(project["dependencies"]) + list(extras["dev"]) + list(extras["notebooks"])
     return {_name(r): _spec(r) for r in reqs}
 
 
@@ -193,6 +242,31 @@ def test_binder_and_environment_list_the_pyproject_dependencies():
     assert listed == expected, "environment.yml"
     postbuild = (REPO / "binder" / "postBuild").read_text()
     assert "pip install" in postbuild and "demo-data" in postbuild
+
+
+# --- the runner: quiet, final progress bars, one-line failures -----------------------------------
+def test_runner_is_quiet_keeps_final_bars_and_summarises_a_failure(tmp_path, capfd):
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3",
+                                                           "display_name": "Python 3",
+                                                           "language": "python"}})
+    nb.cells = [nbformat.v4.new_code_cell('work_dir = ""\nsmoke = False',
+                                          metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell("from tqdm import tqdm\n"
+                                          "for _ in tqdm(range(50), mininterval=0): pass"),
+                nbformat.v4.new_code_cell("raise ValueError('boom: the lesson failed')")]
+    path = tmp_path / "nb" / "00_failing.ipynb"
+    path.parent.mkdir()
+    nbformat.write(nb, path)
+    out = tmp_path / "out" / path.name
+    result = run_notebook(path, out, tmp_path / "work", smoke=True, html=False)
+    assert not result["ok"]
+    assert re.fullmatch(r"ValueError in cell \[\d+\]: boom: the lesson failed", result["error"])
+    cell = next(c for c in _read(out).cells if c.source.startswith("from tqdm"))
+    bar = "".join(o.get("text", "") for o in cell.outputs)
+    assert "50/50" in bar and "\r" not in bar and " 0%" not in bar, repr(bar)
+    printed = capfd.readouterr()
+    for noise in ("WARNING", "without encryption", "Input Notebook", "Executing notebook"):
+        assert noise not in printed.out + printed.err, printed
 
 
 # --- slow: run every notebook and solution in smoke mode, in order --------------------------------

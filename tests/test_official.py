@@ -17,6 +17,7 @@ from torch import nn
 from hagan.checkpoint import CheckpointError, load_models
 from hagan.cli import main as cli_main
 from hagan.config import preset
+from hagan.errors import ConfigError
 from hagan.models import count_parameters
 from hagan.official import (
     KIND_CLASSES,
@@ -238,7 +239,7 @@ def test_missing_key(tmp_path: Path) -> None:
 
 
 def test_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="G.pth does not exist"):
+    with pytest.raises(CheckpointError, match=r"G.pth \(does not exist\)"):
         load_official(256, tmp_path / "G.pth")
 
 
@@ -269,16 +270,18 @@ def test_unsafe_file_is_refused(tmp_path: Path) -> None:
 
 
 def test_unsupported_size_and_no_files(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"128\^3 and 256\^3 networks only, not 64\^3"):
+    with pytest.raises(ConfigError, match=r"--size: expected 128 or 256 \(the published HA-GAN "
+                                          r"networks\), found 64"):
         load_official(64, tmp_path / "G.pth")
-    with pytest.raises(ValueError, match="no file given"):
+    with pytest.raises(ConfigError, match="expected at least the generator file, found none"):
         load_official(128, None)
 
 
 def test_to_official_rejects_other_layouts() -> None:
     with torch.device("meta"):
         net = KIND_CLASSES["SubE"](preset("paper256"))
-    with pytest.raises(ValueError, match="blocks.3.conv.*published 128\\^3 network does not"):
+    with pytest.raises(ConfigError, match="the layers of the published 128\\^3 network, found "
+                                          "layer 'blocks.3.conv"):
         to_official_state_dict(net, "SubE", 128)
     with pytest.raises(ValueError, match="kind must be one of G, D, E, SubE"):
         to_official_state_dict(net, "Sub_E", 256)
@@ -299,10 +302,109 @@ def test_cli(published_128: dict[str, tuple[nn.Module, Path]], tmp_path: Path,
     assert _same_state(nets["E"], published_128["E"][0])
     assert _same_state(nets["G"], published_128["G"][0])
     assert cli_main(argv) == 2  # refuses to overwrite
-    assert "already exists; pass --force" in capsys.readouterr().err
+    assert "(already exists). Pass --force" in capsys.readouterr().err
     assert cli_main(["import-official", "--size", "256", "--generator", paths["G"],
                      "--sub-encoder", paths["SubE"], "--num-classes", "3", "--out", str(out),
                      "--force"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "SubE_iter80000.pth does not look like" in err
     assert "did you mean --size 128?" in err
+
+
+# ---------------------------------------------------------------------------------------------
+# Shareable weights: safetensors from import-official and export, read wherever models load
+# ---------------------------------------------------------------------------------------------
+def _printed_sha256(text: str) -> str:
+    return next(line.split()[1] for line in text.splitlines() if line.startswith("sha256 "))
+
+
+def test_import_official_writes_safetensors_and_prints_its_sha256(
+        published_128: dict[str, tuple[nn.Module, Path]], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import hashlib
+
+    from safetensors import safe_open
+
+    from hagan.weights import looks_like_safetensors
+
+    out = tmp_path / "paper128.safetensors"
+    assert cli_main(["import-official", "--size", "128", "--generator",
+                     str(published_128["G"][1]), "--num-classes", "3", "--out", str(out)]) == 0
+    assert looks_like_safetensors(out)
+    assert _printed_sha256(capsys.readouterr().out) == hashlib.sha256(out.read_bytes()).hexdigest()
+    with safe_open(str(out), framework="pt") as fh:
+        meta = fh.metadata()
+    assert meta["format"] == "hagan-kit weights" and meta["networks"] == "G"
+    assert '"num_classes": 3' in meta["config"] and "G_iter80000.pth" in meta["source"]
+    cfg, nets = load_models(out)
+    assert cfg.num_classes == 3 and _same_state(nets["G"], published_128["G"][0])
+
+
+def test_export_writes_a_runs_networks_and_config(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    import hashlib
+
+    from hagan import checkpoint as ckpt
+    from hagan.models import build_models
+
+    import nibabel as nib
+    import numpy as np
+
+    cfg = preset("tiny32", num_classes=2)
+    torch.manual_seed(0)
+    run = tmp_path / "run"
+    geometry = {"path": "/elsewhere/ct32", "size": 32, "spacing_mm": [3.0, 3.0, 3.0],
+                "modality": "ct", "window": [-1024.0, 600.0], "axes": None}
+    ckpt.save_models(ckpt.checkpoint_path(run, 7), cfg, build_models(cfg), step=7,
+                     data=geometry)
+    out = tmp_path / "tiny.safetensors"
+    assert cli_main(["export", str(run), "--out", str(out)]) == 0
+    assert _printed_sha256(capsys.readouterr().out) == hashlib.sha256(out.read_bytes()).hexdigest()
+    cfg_run, nets_run = load_models(run)
+    cfg_st, nets_st = load_models(out)
+    assert cfg_st == cfg_run and set(nets_st) == {"G", "D", "E", "SubE"}
+    assert all(_same_state(nets_st[k], nets_run[k]) for k in nets_run)
+    assert cli_main(["export", str(run), "--out", str(out)]) == 2  # exists: refused
+    assert "already exists" in capsys.readouterr().err
+    # the weights file alone is enough to write samples at the training data's voxel size, in HU
+    assert cli_main(["generate", str(out), "--n", "1", "--label", "1", "--device", "cpu",
+                     "--out", str(tmp_path / "samples")]) == 0
+    img = nib.load(str(tmp_path / "samples" / "sample_0000.nii.gz"))
+    assert np.allclose(img.header.get_zooms(), (3.0, 3.0, 3.0))
+    assert img.get_data_dtype() == np.int16
+
+
+def test_corrupt_or_mismatched_weights_files_get_one_clear_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from safetensors.torch import save
+
+    from hagan.models import build_models
+    from hagan.weights import write_weights
+
+    cfg = preset("tiny32")
+    good = tmp_path / "good.safetensors"
+    write_weights(good, cfg, {"G": build_models(cfg)["G"]})
+    data = good.read_bytes()
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_models(cut)
+    other = tmp_path / "other.safetensors"  # a safetensors file, but not the kit's
+    other.write_bytes(save({"w": torch.zeros(2)}, metadata={"format": "pt"}))
+    with pytest.raises(CheckpointError, match="hagan-kit weights"):
+        load_models(other)
+    small64 = preset("small64")
+    wrong = tmp_path / "wrong.safetensors"  # tiny32 tensors under a small64 config
+    tensors = {f"G.{k}": v.contiguous() for k, v in build_models(cfg)["G"].state_dict().items()}
+    wrong.write_bytes(save(tensors, metadata={"format": "hagan-kit weights",
+                                              "format_version": "1",
+                                              "config": json.dumps(small64.to_dict())}))
+    with pytest.raises(CheckpointError, match="G weights do not fit a 64\\^3 model"):
+        load_models(wrong)
+    for bad in (cut, other, wrong):
+        assert cli_main(["generate", str(bad), "--n", "1", "--spacing", "1", "1", "1",
+                         "--out", str(tmp_path / "samples")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and str(bad) in err

@@ -17,6 +17,7 @@ from helpers import run_cli
 
 from hagan import cli
 from hagan.data import DataError, PreparedDataset, augmentation
+from hagan.errors import ConfigError, RunError
 from hagan.phantom import ct_phantom, write_dicom_series, write_volume
 from hagan.preprocess import CT_WINDOW, preprocess
 
@@ -196,32 +197,33 @@ def test_nothing_usable_is_an_error(tmp_path):
 
 def test_folder_errors(tmp_path, one_ct):
     before = folder_hashes(one_ct)
-    with pytest.raises(ValueError, match="refusing to write into the input folder"):
+    with pytest.raises(RunError, match="--out: expected a folder outside the input folder"):
         run(one_ct, one_ct / "prepared", modality="ct")
-    with pytest.raises(ValueError, match="refusing to write into the input folder"):
+    with pytest.raises(RunError, match="--out: expected a folder outside the input folder"):
         run(one_ct, one_ct, modality="ct")
     assert folder_hashes(one_ct) == before and not (one_ct / "prepared").exists()
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(DataError, match="does not exist"):
         run(tmp_path / "nope", tmp_path / "out", modality="ct")
     (tmp_path / "empty_in").mkdir()
     with pytest.raises(DataError, match="no image files found"):
         run(tmp_path / "empty_in", tmp_path / "out", modality="ct")
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "thesis.tex").write_text("precious")
-    with pytest.raises(FileExistsError, match="--force"):
+    with pytest.raises(RunError, match="--force"):
         run(one_ct, tmp_path / "busy", modality="ct")
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"size": 100}, r"2\^k in \[32, 256\].*100"),
-    ({"modality": "pet"}, "ct or mri"),
-    ({"modality": "ct", "window": (600, -1024)}, "LOW < HIGH"),
-    ({"modality": "mri", "percentiles": (99, 1)}, "0 <= P1 < P2 <= 100"),
-    ({"modality": "ct", "spacing": 0}, "positive --spacing"),
-    ({"modality": "ct", "workers": 0}, "workers >= 1"),
+    ({"size": 100}, r"--size: expected a cube side 2\^k in \[32, 256\].*found 100"),
+    ({"modality": "pet"}, "--modality: expected ct or mri, found 'pet'"),
+    ({"modality": "ct", "window": (600, -1024)}, "--window: expected LOW HIGH with LOW < HIGH"),
+    ({"modality": "mri", "percentiles": (99, 1)}, "--percentiles: expected P1 P2 with "
+                                                  "0 <= P1 < P2 <= 100"),
+    ({"modality": "ct", "spacing": 0}, "--spacing: expected a positive voxel size in mm"),
+    ({"modality": "ct", "workers": 0}, "--workers: expected a value >= 1, found 0"),
 ])
 def test_bad_parameters(tmp_path, one_ct, kwargs, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ConfigError, match=match):
         run(one_ct, tmp_path / "out", **{"modality": "ct", **kwargs})
     assert not (tmp_path / "out").exists()
 
@@ -279,14 +281,14 @@ def test_label_errors_name_the_files(tmp_path, make_nifti):
     extra = write_csv(tmp_path / "extra.csv", [("p1", "a"), ("p2", "b"), ("ghost.nii", "a")])
     with pytest.raises(DataError, match="not found in the input folder: ghost.nii"):
         run(src, tmp_path / "out", modality="mri", labels=extra)
-    with pytest.raises(FileNotFoundError, match="labels file"):
+    with pytest.raises(DataError, match="labels file"):
         run(src, tmp_path / "out", modality="mri", labels=tmp_path / "missing.csv")
     assert not (tmp_path / "out" / "volumes").exists()  # checked before any work
 
 
 # --- CLI -----------------------------------------------------------------------------------------
 def test_cli_error_in_a_subprocess_is_one_line_without_traceback(tmp_path, one_ct):
-    proc = run_cli("preprocess", str(one_ct), str(one_ct / "out"), "--size", "32",
+    proc = run_cli("preprocess", str(one_ct), "--out", str(one_ct / "out"), "--size", "32",
                    "--modality", "ct", "--no-progress")
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().count("\n") == 0 and "input folder" in proc.stderr
@@ -296,17 +298,17 @@ def test_cli_nothing_usable_and_success(tmp_path, one_ct, capsys):
     bad = tmp_path / "bad"
     write_bad_inputs(bad)
     args = ["--size", "32", "--modality", "ct", "--no-progress"]
-    assert cli.main(["preprocess", str(bad), str(tmp_path / "out1"), *args]) == 2
+    assert cli.main(["preprocess", str(bad), "--out", str(tmp_path / "out1"), *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("hagan preprocess: error: nothing usable")
-    code = cli.main(["preprocess", str(one_ct), str(tmp_path / "out2"), *args,
+    code = cli.main(["preprocess", str(one_ct), "--out", str(tmp_path / "out2"), *args,
                      "--window", "-1000", "400"])
     assert code == 0 and "1 written" in capsys.readouterr().out
     info = json.loads((tmp_path / "out2" / "dataset.json").read_text())
     assert info["window"] == [-1000.0, 400.0]
 
 
-# --- augmentation (hagan.data.augmentation, issue 4 item 6) --------------------------------------
+# --- augmentation (hagan.data.augmentation) ------------------------------------------------------
 def test_augmentation_changes_volume_but_keeps_shape_and_range(tmp_path, one_ct):
     run(one_ct, tmp_path / "out", modality="ct")
     volume = torch.from_numpy(np.load(tmp_path / "out" / "volumes" / "chest.npy")

@@ -32,10 +32,11 @@ import subprocess
 import sys
 
 if "google.colab" in sys.modules:  # on Colab: install the kit first (skipped everywhere else)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "hagan-kit @ git+https://github.com/hagan-kit/hagan-kit"], check=True)
+    KIT = "hagan-kit @ git+https://github.com/hagan-kit/hagan-kit@v0.1.0"  # pinned release
+    if subprocess.run([sys.executable, "-m", "pip", "install", "-q", KIT]).returncode:
+        raise SystemExit(f"could not install {KIT} (pip's message is above); rerun this cell")
 import hagan
-from hagan import teaching, viz
+from hagan import lessons, scaling, teaching, viz
 from hagan.runtime import print_env
 
 print_env()  # versions, CPU threads and the GPU, if any
@@ -54,7 +55,7 @@ s = teaching.settings(smoke, scale, device, seed, preset=preset)
 # %%
 size = 64
 costs = {f"{r['image_depth']} of {size}": r["saved_mib"] for r in
-         (teaching.slab_cost(size, d, width=s.bench_width, device=s.device) for d in (1, 2, 4, 16))}
+         (scaling.slab_cost(size, d, width=s.bench_width, device=s.device) for d in (1, 2, 4, 16))}
 for name, mib in costs.items():
     print(f"slab depth {name:>8}: {mib:7.2f} MiB saved for backward")
 fig = viz.plot_bars(costs, title=f"G^H activation memory vs slab depth ({size}^3)",
@@ -71,46 +72,53 @@ teaching.show(fig, figures / "sol02_slab_depth.png")
 # %%
 import math
 
-import numpy as np
-
 cfg = hagan.preset(s.preset)
 p = 1 / (cfg.max_slab_start + 1)
 n = math.ceil(math.log(0.01) / math.log(1 - p))
-trials = 300 if smoke else 2000
-covered = np.mean([0 in teaching.draw_slab_starts(cfg, n, seed=t) for t in range(trials)])
-print(f"S = {cfg.size}: p = 1/{cfg.max_slab_start + 1}, n = {n} iterations; "
-      f"simulated: slice 0 covered in {covered:.1%} of {trials} runs of {n} iterations")
+expected = 1 - (1 - p) ** n  # just above 0.99: n is the first count that reaches it
+trials = 2000 if smoke else 20000
+runs = lessons.draw_slab_starts(cfg, n * trials, seed=seed).reshape(trials, n)
+covered = (runs == 0).any(axis=1).mean()
+se = math.sqrt(expected * (1 - expected) / trials)  # the simulation's standard error
+print(f"S = {cfg.size}: p = 1/{cfg.max_slab_start + 1}, n = {n} iterations, P = {expected:.4f}; "
+      f"simulated {covered:.4f} ± {se:.4f} over {trials} runs ({(covered - expected) / se:+.1f} SE)")
+assert abs(covered - expected) < 4 * se, "the simulation disagrees with the formula"
 
 # %% [markdown]
+# A simulation is itself a random estimate: with $T$ runs its standard error is
+# $\sqrt{P(1-P)/T}$, about 0.0007 for 20 000 runs, so a difference of one or two standard errors
+# from the formula is expected and more than four would point at a bug (the assert checks it).
+#
 # At 256³ ($p = 1/225$) the same takes about 1000 iterations — nothing against 80 000, so every
 # slice is trained, but the outermost ones much less often than the middle ones.
 #
-# ## Exercise 3: extrapolate to 256³
+# ## Exercise 3: the largest batch at 256³
 #
-# Activation memory grows like $S^3$ (8× per doubling), roughly linearly with the width and with
-# the batch size. From the largest size measured in notebook `02` (measured here, small, if that
-# file is missing):
+# Notebook `02` counted one iteration of the paper's networks at batch 4 (saved in
+# `memory_counts.json`). Activations grow linearly with the batch; the parameters' gradients in
+# the peak do not, so dividing the batch-4 peak by 4 slightly overestimates the cost of one
+# volume, and the batch below is on the safe side. On top come the weights, their gradients and
+# Adam's two moments for G, D and the encoders: about 80 M parameters × 4 copies × 4 bytes ≈ 1.3 GB.
 
 # %%
 import json
 
-path = work / "step_costs.json"
-if path.is_file():
-    costs = json.loads(path.read_text())
-else:
-    costs = teaching.compare_steps([32, 64], width=s.bench_width, device=s.device)
+counts_path = work / "memory_counts.json"
+if not counts_path.is_file():
+    raise SystemExit(f"{counts_path} is missing: run notebook 02 first (it counts the memory)")
+counts = json.loads(counts_path.read_text())
+gpu_gib, fixed_gib = 24, 1.3
+batches = {}
 for mode in ("naive", "hierarchical"):
-    ok = [r for r in costs if r["mode"] == mode and r["status"] == "ok"]
-    r = max(ok, key=lambda r: r["size"])
-    gib = r["saved_mib"] / 1024 * (256 / r["size"]) ** 3 / r["width"] * 4  # width 1, batch 4
-    print(f"{mode:<12}: {r['saved_mib']:.1f} MiB at {r['size']}^3, width {r['width']:g}, batch 1 "
-          f"-> about {gib:.0f} GiB at 256^3, width 1, batch 4")
+    peak = max(r["peak_mib"] for r in counts if r["size"] == 256 and r["mode"] == mode) / 1024
+    batches[mode] = int((gpu_gib - fixed_gib) // (peak / 4))
+    print(f"{mode:<12}: {peak:.2f} GiB at batch 4 -> about batch {batches[mode]} on {gpu_gib} GB")
+assert batches["hierarchical"] > 2 * batches["naive"]  # what the text below says
 
 # %% [markdown]
-# Compare both with your GPU's memory, remembering what comes on top of the activations:
-# weights, gradients and Adam's two moments (80 M parameters × 4 copies × 4 bytes ≈ 1.3 GB), the
-# D step, and the framework's workspace. The estimate is rough: channel counts are rounded to
-# multiples of 8 at small widths, and layers of fixed size (the trunk's 4³ start) do not grow.
+# The hierarchical step fits more than twice the batch of the naive one at 256³, and the factor
+# grows with the size. The count leaves out the allocator's rounding and cuDNN's workspace:
+# on a real GPU keep a margin, and check with `torch.cuda.max_memory_allocated`.
 
 # %% [markdown]
 # ## Next

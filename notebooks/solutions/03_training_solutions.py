@@ -40,8 +40,9 @@ import subprocess
 import sys
 
 if "google.colab" in sys.modules:  # on Colab: install the kit first (skipped everywhere else)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "hagan-kit @ git+https://github.com/hagan-kit/hagan-kit"], check=True)
+    KIT = "hagan-kit @ git+https://github.com/hagan-kit/hagan-kit@v0.1.0"  # pinned release
+    if subprocess.run([sys.executable, "-m", "pip", "install", "-q", KIT]).returncode:
+        raise SystemExit(f"could not install {KIT} (pip's message is above); rerun this cell")
 import hagan
 from hagan import teaching, viz
 from hagan.runtime import print_env
@@ -76,7 +77,8 @@ from hagan.train import train
 
 anchored = work / f"exercise_anchored_{s.preset}"
 train(cfg, anchored)
-trainer = teaching.train_without_low_res_anchor(cfg, work / f"exercise_no_anchor_{s.preset}")
+no_anchor = work / f"exercise_no_anchor_{s.preset}"
+train(cfg.replace(low_res_critic=False), no_anchor)  # D^L left out: D = D^H / 2
 
 # %%
 import torch
@@ -84,7 +86,7 @@ import torch
 from hagan.checkpoint import load_models
 from hagan.models import Generator
 
-G_anchor, G_free = load_models(anchored, device=s.device)[1]["G"], trainer.G.eval()
+G_anchor, G_free = (load_models(run, device=s.device)[1]["G"] for run in (anchored, no_anchor))
 z = torch.randn(1, cfg.latent_dim, generator=torch.Generator().manual_seed(seed)).to(s.device)
 with torch.no_grad():
     lows = [G(z, 0)[1][0].cpu() for G in (G_anchor, G_free)]  # G^L: (1, S/4, S/4, S/4)
@@ -136,11 +138,11 @@ for name, run in (("lr_d 4e-4 (paper)", anchored), ("lr_d 1e-4 = lr_g", equal)):
           f"mean loss_g {np.mean([r['loss_g'] for r in records]):.3f}")
 
 # %%
-teaching.show(viz.plot_losses(anchored, title="lr_d 4e-4 (the paper's)"),
+teaching.show(viz.plot_losses(read_metrics(anchored), title="lr_d 4e-4 (the paper's)"),
               figures / "sol03_losses_paper.png")
 
 # %%
-teaching.show(viz.plot_losses(equal, title="lr_d 1e-4, equal to lr_g"),
+teaching.show(viz.plot_losses(read_metrics(equal), title="lr_d 1e-4, equal to lr_g"),
               figures / "sol03_losses_equal.png")
 
 # %% [markdown]

@@ -35,9 +35,10 @@ import subprocess
 import sys
 
 if "google.colab" in sys.modules:  # on Colab: install the kit first (skipped everywhere else)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "hagan-kit @ git+https://github.com/hagan-kit/hagan-kit"], check=True)
-from hagan import teaching, viz
+    KIT = "hagan-kit @ git+https://github.com/hagan-kit/hagan-kit@v0.1.0"  # pinned release
+    if subprocess.run([sys.executable, "-m", "pip", "install", "-q", KIT]).returncode:
+        raise SystemExit(f"could not install {KIT} (pip's message is above); rerun this cell")
+from hagan import analysis, teaching, viz
 from hagan.runtime import print_env
 
 print_env()  # versions, CPU threads and the GPU, if any
@@ -56,7 +57,7 @@ s = teaching.settings(smoke, scale, device, seed, preset=preset, n_subjects=n_su
 # its extractor.
 
 # %%
-from hagan.analysis import build_extractor
+from hagan.features import build_extractor
 from hagan.checkpoint import load_models
 from hagan.data import PreparedDataset
 from hagan.generate import sample
@@ -66,7 +67,7 @@ cfg, nets = load_models(teaching.ensure_run(work, s, data), device=s.device)
 dataset = PreparedDataset(data, size=cfg.size)
 fake = sample(nets["G"], len(dataset), seed=seed, device=s.device)
 random_net = build_extractor("random", device=s.device, progress=False)
-fig = viz.plot_embedding({"real": random_net(dataset), "generated": random_net(fake)},
+fig = analysis.plot_embedding({"real": random_net(dataset), "generated": random_net(fake)},
                          method="pca", title="PCA of random-network features")
 teaching.show(fig, figures / "sol06_random_pca.png")
 
@@ -86,7 +87,7 @@ encoder = build_extractor("encoder", models=cond, size=cfg.size, device=s.device
 features, labels = encoder(cohort), [cohort[i][1] for i in range(len(cohort))]
 groups = {name: features[[i for i, y in enumerate(labels) if y == k]]
           for k, name in enumerate(("healthy", "lesion"))}
-fig = viz.plot_embedding(groups, method="pca", title="encoder features of the lesion cohort")
+fig = analysis.plot_embedding(groups, method="pca", title="encoder features of the lesion cohort")
 teaching.show(fig, figures / "sol06_lesion_pca.png")
 
 # %% [markdown]

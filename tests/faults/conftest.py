@@ -1,4 +1,4 @@
-"""Fault-injection tests (issue 8): kills, disk faults, untrusted files, bad inputs, NaNs.
+"""Fault-injection tests: kills, disk faults, untrusted files, bad inputs, NaNs.
 
 Tests marked ``long`` are skipped unless ``HAGAN_LONG=1`` is set in the environment, so
 ``pytest``, ``pytest -m slow`` and ``make test`` stay fast; run the long variants with

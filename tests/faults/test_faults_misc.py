@@ -155,7 +155,7 @@ def test_nan_loss_stops_with_iteration_and_last_good_checkpoint(data, tmp_path, 
 def test_same_seed_same_losses_and_same_samples(data, tmp_path):
     """Two CPU runs with the same seed log identical losses; ``hagan generate`` twice with the
     same seed writes identical volumes (and another seed different ones)."""
-    from hagan.generate import load_nifti
+    from hagan.data import load_nifti
 
     for name in ("a", "b"):
         assert train(data, tmp_path / name, 3, "--set", "seed=5", "--set", "device=cpu") == 0
