@@ -20,6 +20,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install $(TORCH_SPEC)
 	$(BIN)/python -m pip install -e ".[dev,notebooks]"
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	$(BIN)/jupyter lab --version >/dev/null  # students open the notebooks with it
 	touch $(STAMP)
 
 demo: setup

@@ -200,9 +200,8 @@ def main() -> int:
                  seed=args.seed, tensorboard=False, progress=False)
     gen = torch.Generator().manual_seed(args.seed + 1)
     S, B = cfg.size, cfg.batch_size
-    xs = [torch.rand(B, 1, S, S, S, generator=gen) * 2 - 1 for _ in range(args.iters)]
-    with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(cfg, tmp, dataset=list(xs[0]), resume=False)
+    with tempfile.TemporaryDirectory() as tmp:  # the dataset is unused: step() gets x
+        trainer = Trainer(cfg, tmp, dataset=[torch.zeros(1, S, S, S)], resume=False)
         loop = PublishedLoop(mod, trainer)
         start = published_parameters(loop)
         twin = PublishedLoop(mod, trainer, fused_adam=True) if args.noise_floor else None
@@ -210,10 +209,10 @@ def main() -> int:
               f"{'batched' if cfg.batched_d_step else 'separate (published)'} D passes, "
               f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads")
         rows, worst = [], 0.0
-        for it in range(args.iters):
+        for it in range(args.iters):  # the same draws whatever --iters is
+            x = (torch.rand(B, 1, S, S, S, generator=gen) * 2 - 1).to(device)
             z = torch.randn(cfg.g_iter + 1, B, cfg.latent_dim, generator=gen).to(device)
             c = int(torch.randint(0, cfg.max_slab_start + 1, (1,), generator=gen))
-            x = xs[it].to(device)
             t0 = time.perf_counter()
             kit = {k: float(v) for k, v in trainer.step(x, z=z, c=c).items()}
             t1 = time.perf_counter()

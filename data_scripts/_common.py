@@ -156,10 +156,13 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 
 def run(main) -> None:
-    """Call a script's ``main(argv)``; user errors become one line and exit code 2."""
+    """Call a script's ``main(argv)``; user errors (the kit's HaganError, and this folder's
+    ValueError and OSError) become one line and exit code 2."""
+    from hagan.errors import HaganError
+
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         sys.exit(main(sys.argv[1:]))
-    except (ValueError, OSError) as exc:
+    except (HaganError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -161,6 +161,7 @@ def _result(mode, preset_name, batch_size, dev, precision, times, flops, **extra
         "mode": mode, "preset": preset_name, "batch_size": batch_size, "device": str(dev),
         "precision": precision, **extra,
         "s_per_iter": s, "iters": len(times),
+        "s_fastest": min(times), "s_slowest": max(times),  # the spread around the median
         "peak_rss_gib": peak_rss_gib(),
         "flops_per_iter": flops,
         "tflops": flops / s / 1e12 if flops else None,

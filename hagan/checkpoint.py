@@ -153,9 +153,10 @@ class RunScan:
     """What :func:`scan_run` found in a run folder's checkpoints.
 
     Attributes:
-        newest: (path, state) of the newest checkpoint that can resume training, or None.
-        good: every checkpoint that loads and can resume training, newest first.
-        damaged: (path, reason) of every checkpoint that cannot, newest first.
+        newest: (path, state) of the newest checkpoint that loads, or None (whether it can
+            resume training is :func:`check_training_state`'s to say).
+        good: every checkpoint that loads, newest first.
+        damaged: (path, reason) of every checkpoint that does not, newest first.
     """
 
     newest: tuple[Path, dict[str, Any]] | None = None
@@ -170,7 +171,6 @@ def scan_run(run_dir: PathLike) -> RunScan:
     for path in reversed(list_checkpoints(run_dir)):
         try:
             state = load_checkpoint(path, mmap=scan.newest is not None)
-            check_training_state(state, path)
         except CheckpointError as exc:
             logger.warning("skipping broken checkpoint: %s", exc)
             scan.damaged.append((path, str(exc)))
@@ -204,13 +204,13 @@ def latest_checkpoint(run_dir: PathLike) -> tuple[Path, dict[str, Any]] | None:
 
 
 def refuse_unloadable_run(run_dir: PathLike, damaged: list[tuple[Path, str]]) -> None:
-    """Fail closed: ``run_dir`` holds checkpoints and none can resume training.
+    """Fail closed: ``run_dir`` holds checkpoints and none of them loads.
 
     Raises:
         RunError: always; names every file and the way to start over explicitly.
     """
     reasons = "; ".join(reason for _, reason in damaged)
-    raise RunError(f"{run_dir} holds {len(damaged)} checkpoint(s) and none can resume training "
+    raise RunError(f"{run_dir} holds {len(damaged)} checkpoint(s) and none of them loads "
                    f"({reasons}). Nothing was changed. To start a new run in this folder anyway, "
                    "pass --fresh (Python: fresh=True): the old files are moved aside, not deleted")
 

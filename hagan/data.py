@@ -19,8 +19,6 @@ import csv
 import json
 import logging
 import math
-import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from . import fileio
 from .config import PathLike
 from .errors import ConfigError, DataError, explain
 from .fileio import atomic_target
@@ -51,31 +50,13 @@ class Record:
 
 
 def atomic_save_npy(path: PathLike, array: np.ndarray) -> None:
-    """Write ``array`` to ``path`` via a temporary file and ``os.replace`` (never half-written)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".npy.tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, array)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``array`` to ``path`` atomically (:func:`hagan.fileio.atomic_save_npy`)."""
+    fileio.atomic_save_npy(path, array)
 
 
 def atomic_write_text(path: PathLike, text: str) -> None:
-    """Write a text file atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write a UTF-8 text file atomically (:func:`hagan.fileio.atomic_write_text`)."""
+    fileio.atomic_write_text(path, text)
 
 
 def write_manifest(root: PathLike, records: Sequence[Record]) -> None:
@@ -92,7 +73,7 @@ def write_manifest(root: PathLike, records: Sequence[Record]) -> None:
 
 def read_manifest(root: PathLike) -> list[Record]:
     path = Path(root) / "manifest.csv"
-    with open(path, newline="") as fh:
+    with open(path, newline="", encoding="utf-8") as fh:  # never the process locale
         rows = list(csv.DictReader(fh))
     return [Record(**{k: (row.get(k) or "") for k in MANIFEST_COLUMNS}) for row in rows]
 

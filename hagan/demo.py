@@ -90,6 +90,15 @@ def _nilearn_data_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data"
 
 
+def template_path() -> Path:
+    """The MNI152 T1 template file the demo cohort is made from (1 mm, shipped with nilearn).
+
+    Raises:
+        ImportError: nilearn is not installed.
+    """
+    return _nilearn_data_dir() / T1_FILE
+
+
 def load_template() -> tuple[np.ndarray, np.ndarray, tuple[int, int, int]]:
     """nilearn's MNI152 T1 template scaled to [0, 1] and its white-matter probability in [0, 1].
 

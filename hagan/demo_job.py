@@ -49,13 +49,15 @@ def run(out: Path, iterations: int, n_subjects: int, seed: int, notebooks: bool)
 
     run_dir = out / "run_tiny32"
     print(f"[2/4] training tiny32 for {iterations} iterations -> {run_dir}")
-    cfg = preset("tiny32", iterations=iterations, data=str(data_dir), seed=seed)
+    # diversity_every: the collapse watch (MS-SSIM among 8 samples of fixed z, in the log)
+    cfg = preset("tiny32", iterations=iterations, data=str(data_dir), seed=seed,
+                 diversity_every=100)
     result = train(cfg, run_dir)  # an earlier demo's run is resumed, never overwritten
 
     print("[3/4] sampling 8 volumes")
     from .checkpoint import load_models, read_metrics
 
-    cfg, nets = load_models(result.checkpoint)
+    cfg, nets = load_models(result.checkpoint or run_dir)  # the run folder: its newest checkpoint
     fake = sample(nets["G"], 8, batch_size=8, seed=seed)
     sample_dir = out / "samples"
     settings = output_settings(run_dir, cfg)  # voxel size of the demo cohort
@@ -69,6 +71,10 @@ def run(out: Path, iterations: int, n_subjects: int, seed: int, notebooks: bool)
     fig_path = viz.save(fig, out / "real_vs_generated.png")
     loss_path = viz.save(viz.plot_losses(read_metrics(run_dir), title="tiny32 training losses"),
                          out / "losses.png")
+    checks = [r for r in read_metrics(run_dir) if "ms_ssim_fake" in r]
+    diversity_path = (viz.save(viz.plot_diversity(checks, title="tiny32: diversity during "
+                                                  "training"), out / "diversity.png")
+                      if checks else None)
 
     nb_dir, nb_work, nb_failed = None, out / "notebook_work", ""
     if notebooks:
@@ -89,6 +95,12 @@ def run(out: Path, iterations: int, n_subjects: int, seed: int, notebooks: bool)
     print(f"  samples (NIfTI)      {sample_dir}")
     print(f"  real vs generated    {fig_path}")
     print(f"  loss curves          {loss_path}")
+    if diversity_path is not None:
+        last = checks[-1]
+        verdict = ("MODE COLLAPSE: samples far more alike than real volumes"
+                   if last["ms_ssim_fake"] > last["ms_ssim_real"] + 0.1 else "no collapse")
+        print(f"  diversity            {diversity_path} (iteration {last['step']}: MS-SSIM among "
+              f"samples {last['ms_ssim_fake']:.2f}, real {last['ms_ssim_real']:.2f}: {verdict})")
     if nb_dir is not None:
         print(f"  executed notebooks   {nb_dir} (.ipynb and .html; timings.json)")
         print(f"  notebook work dir    {nb_work}")

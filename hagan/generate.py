@@ -155,10 +155,11 @@ def main(args: argparse.Namespace) -> int:
     """``hagan generate``: volumes are generated and written one batch at a time (memory does
     not grow with --n), each file atomically (a temporary name, then renamed), under the lock
     of --out. Re-running an interrupted command completes it: the files it finished are kept."""
-    from .checkpoint import load_models
+    from .checkpoint import load_models, resolve
 
     device = resolve_device(args.device)
-    cfg, nets = load_models(args.checkpoint, device=device)
+    source = resolve(args.checkpoint)  # a run folder's newest good checkpoint, looked up once
+    cfg, nets = load_models(source, device=device)
     if cfg.num_classes and args.label is None:
         raise ConfigError(explain("--label", f"a class index 0..{cfg.num_classes - 1} (this "
                                   f"model is conditional, {cfg.num_classes} classes)", "none",
@@ -173,12 +174,12 @@ def main(args: argparse.Namespace) -> int:
     if args.n < 1 or args.batch_size < 1:
         raise ConfigError(explain("--n and --batch-size", "values >= 1",
                                   f"{args.n} and {args.batch_size}"))
-    settings = _recorded_settings(args.checkpoint, args.spacing)
+    settings = _recorded_settings(source, args.spacing)
     if settings is None:
-        settings = output_settings(args.checkpoint, cfg, args.spacing)
+        settings = output_settings(source, cfg, args.spacing)
     out = Path(args.out)
     with lock_folder(out, "hagan generate"):
-        todo = _samples_to_write(out, _request(args, cfg), args.n, cfg.size, args.force)
+        todo = _samples_to_write(out, _request(args, cfg, source), args.n, cfg.size, args.force)
         if not todo:
             print(f"all {args.n} volume(s) already exist in {out}; nothing to do (--force writes "
                   "them again)")
@@ -189,7 +190,7 @@ def main(args: argparse.Namespace) -> int:
                         generator=torch.Generator().manual_seed(args.seed))
         from tqdm import tqdm
 
-        bar = tqdm(total=len(todo), desc="generate", unit="vol")
+        bar = tqdm(total=len(todo), desc="generate", unit="vol", disable=None)  # None: TTY only
         try:
             for start in range(0, len(todo), args.batch_size):
                 index = todo[start:start + args.batch_size]
@@ -208,11 +209,9 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _request(args: argparse.Namespace, cfg: Config) -> dict[str, Any]:
+def _request(args: argparse.Namespace, cfg: Config, source: Path) -> dict[str, Any]:
     """What decides the samples' content: a re-run completes only an identical request."""
-    from .checkpoint import resolve
-
-    source = resolve(args.checkpoint).resolve()
+    source = source.resolve()
     stat = source.stat()
     return {"checkpoint": str(source), "checkpoint_bytes": stat.st_size,
             "checkpoint_mtime_ns": stat.st_mtime_ns, "n": args.n, "seed": args.seed,
@@ -240,8 +239,9 @@ def _samples_to_write(out: Path, request: dict[str, Any], n: int, size: int,
         if previous != request:
             raise RunError(explain("--out", "a folder without samples, or the samples of this "
                                    "same command (to complete them)",
-                                   f"{existing[0]}, from {'another' if previous else 'an unknown'}"
-                                   f" request (see {record.name})",
+                                   f"{existing[0]} (already exists, from "
+                                   f"{'another' if previous else 'an unknown'} request: see "
+                                   f"{record.name})",
                                    "Choose another --out or pass --force to overwrite them."))
     write_json(record, request)
     if force:
@@ -266,16 +266,16 @@ def _complete(path: Path, size: int) -> bool:
 
 def _recorded_settings(checkpoint: PathLike, spacing: Sequence[float] | None
                        ) -> dict[str, Any] | None:
-    """save_nifti settings from the data geometry a kit checkpoint recorded (its absolute data
-    path, spacing, modality and CT window: :func:`hagan.checkpoint.run_data_geometry`), or
+    """save_nifti settings from the data geometry a kit checkpoint file recorded (its absolute
+    data path, spacing, modality and CT window: :func:`hagan.checkpoint.run_data_geometry`), or
     None when it recorded none (older checkpoints, weights files) or ``spacing`` overrides it.
     Never looks at the current folder."""
-    from .checkpoint import load_checkpoint, resolve, run_data_geometry
+    from .checkpoint import load_checkpoint, run_data_geometry
     from .data import nifti_settings
 
     if spacing is not None:
         return None
-    source = resolve(checkpoint)
+    source = Path(checkpoint)
     with open(source, "rb") as fh:
         if fh.read(2) != b"PK":  # not a torch.save checkpoint (e.g. safetensors)
             return None

@@ -648,10 +648,11 @@ def evaluate(checkpoint: PathLike, data: PathLike | None = None, extractor: str 
     The real sets come from :func:`resolve_reference`: the run's training volumes ("train") and
     its recorded held-out volumes, or ``heldout`` (a prepared dataset checked to hold no training
     volume); without either, a half of the training volumes stands in and the report says it is
-    not held-out. FID and MMD (published kernel, :func:`mmd`) compare generated and held-out
-    features with the train features; MS-SSIM diversity compares random pairs of generated and
-    of training volumes; memorisation compares nearest-train-neighbour distances of generated
-    and held-out volumes.
+    not held-out. As in the published evaluation, FID and MMD (published kernel, :func:`mmd`)
+    compare generated features with the held-out features (the reference), next to the training
+    features against the same reference (the real-vs-real baseline); MS-SSIM diversity compares
+    random pairs of generated and of training volumes; memorisation compares
+    nearest-train-neighbour distances of generated and held-out volumes.
 
     Args:
         checkpoint: Kit checkpoint file, run folder or weights file.
@@ -747,18 +748,21 @@ def _report(checkpoint: PathLike, ref: Reference, cfg: Config, ext: FeatureExtra
 
 def _compare(gen: np.ndarray, train: np.ndarray, held: np.ndarray, permutations: int,
              seed: int) -> dict[str, Any]:
-    """FID, MMD and memorisation of generated and held-out features against train features.
-    Each MMD uses the published kernel with the median of its own pooled sample (as the
-    published evaluation computes every comparison)."""
-    mmd_gen, p_gen = mmd(gen, train, "median", permutations, seed)
-    mmd_held, p_held = mmd(held, train, "median", permutations, seed)
+    """FID and MMD of generated and of training features against the held-out features (the
+    reference, as in the published evaluation: ``calculate_fid_fake`` and ``calculate_mmd``
+    compare generated volumes with held-out real statistics, ``calculate_fid_real`` the
+    training split with the same, as the real-vs-real baseline), and memorisation (nearest
+    training neighbours). Each MMD uses the published kernel with the median of its own pooled
+    sample."""
+    mmd_gen, p_gen = mmd(gen, held, "median", permutations, seed)
+    mmd_train, p_train = mmd(train, held, "median", permutations, seed)
     return {
-        "fid": {"generated_vs_train": fid(gen, train), "heldout_vs_train": fid(held, train)},
-        "mmd2": {"generated_vs_train": mmd_gen, "generated_p_value": p_gen,
-                 "heldout_vs_train": mmd_held, "heldout_p_value": p_held,
+        "fid": {"generated_vs_heldout": fid(gen, held), "train_vs_heldout": fid(train, held)},
+        "mmd2": {"generated_vs_heldout": mmd_gen, "generated_p_value": p_gen,
+                 "train_vs_heldout": mmd_train, "train_p_value": p_train,
                  "kernel": MMD_KERNEL,
-                 "bandwidth_generated": median_bandwidth(np.concatenate([gen, train])),
-                 "bandwidth_heldout": median_bandwidth(np.concatenate([held, train])),
+                 "bandwidth_generated": median_bandwidth(np.concatenate([gen, held])),
+                 "bandwidth_train": median_bandwidth(np.concatenate([train, held])),
                  "permutations": permutations},
         "memorisation": memorisation(gen, train, held),
     }
@@ -795,18 +799,20 @@ def format_table(report: dict[str, Any]) -> str:
     res = f"{r['resolution']}^3"
     feat = (r["extractor"], r["weights_sha256"][:SHORT_HASH], res)
     vox = ("voxels (no extractor)", "-", res)
-    gen = f"{r['n_generated']} vs {r['n_real_train']}"
-    held = f"{r['n_real_heldout']} vs {r['n_real_train']}"
+    gen = f"{r['n_generated']} vs {r['n_real_heldout']}"
+    train = f"{r['n_real_train']} vs {r['n_real_heldout']}"
+    nn_gen = f"{r['n_generated']} vs {r['n_real_train']}"
+    nn_held = f"{r['n_real_heldout']} vs {r['n_real_train']}"
     rows = [
         ("metric", "comparison", "value", "N", "extractor", "weights sha256", "resolution"),
-        ("FID", "generated vs real-train", _fmt(m["fid"]["generated_vs_train"]), gen, *feat),
-        ("FID", f"{base} vs real-train", _fmt(m["fid"]["heldout_vs_train"]), held, *feat),
-        ("MMD^2 (p)", "generated vs real-train",
-         f"{_fmt(mm['generated_vs_train'])} (p={_fmt(mm['generated_p_value'])})", gen, *feat),
-        ("MMD^2 (p)", f"{base} vs real-train",
-         f"{_fmt(mm['heldout_vs_train'])} (p={_fmt(mm['heldout_p_value'])})", held, *feat),
-        ("NN distance", "generated -> real-train", _fmt(mem["generated_median"]), gen, *feat),
-        ("NN distance", f"{base} -> real-train", _fmt(mem["heldout_median"]), held, *feat),
+        ("FID", f"generated vs {base}", _fmt(m["fid"]["generated_vs_heldout"]), gen, *feat),
+        ("FID", f"real-train vs {base}", _fmt(m["fid"]["train_vs_heldout"]), train, *feat),
+        ("MMD^2 (p)", f"generated vs {base}",
+         f"{_fmt(mm['generated_vs_heldout'])} (p={_fmt(mm['generated_p_value'])})", gen, *feat),
+        ("MMD^2 (p)", f"real-train vs {base}",
+         f"{_fmt(mm['train_vs_heldout'])} (p={_fmt(mm['train_p_value'])})", train, *feat),
+        ("NN distance", "generated -> real-train", _fmt(mem["generated_median"]), nn_gen, *feat),
+        ("NN distance", f"{base} -> real-train", _fmt(mem["heldout_median"]), nn_held, *feat),
         ("MS-SSIM", "generated pairs", _fmt(ms["generated"]),
          f"{r['n_generated']} ({ms['generated_pairs']} pairs)", *vox),
         ("MS-SSIM", "real-train pairs", _fmt(ms["real"]),
@@ -822,7 +828,8 @@ def format_table(report: dict[str, Any]) -> str:
                      "volume is")
     else:
         lines.append("memorisation: not measured (no held-out volumes to compare with)")
-    lines.append(f"lower FID / MMD^2 = closer to real: compare each with its real-vs-real row. "
+    lines.append(f"lower FID / MMD^2 = closer to the {base} reference; the real-train row is "
+                 "the real-vs-real baseline. "
                  f"MMD kernel {mm.get('kernel', MMD_KERNEL)}. "
                  f"MS-SSIM ({ms['scales']} scales): lower = more diverse.")
     lines.append(f"Reference: {r['heldout']}")

@@ -2,7 +2,8 @@
 
 Per file (the steps of the published ``preprocess.py``, plus orientation and aspect ratio)::
 
-    read NIfTI, NRRD, MHA/MHD, MGZ or a DICOM series     tio.ScalarImage / SimpleITK series reader
+    read NIfTI, NRRD, MHA/MHD, MGZ, MINC, PAR/REC,      nibabel / SimpleITK (any integer or
+      AFNI, ECAT or a DICOM series (geometry checked)     float type -> float32)
     reorient to RAS+                                      tio.ToCanonical
     optional isotropic resampling to ``spacing`` mm       tio.Resample(antialias=True)
     CT: window [low, high] HU -> [-1, 1]                  as tio.Clamp + tio.RescaleIntensity
@@ -16,9 +17,22 @@ Differences from the published script (batmanlab/HA-GAN, preprocess.py): its inp
 is gone, volumes are reoriented, the aspect ratio is kept (it stretches to a cube), only blank
 slices at the two ends are trimmed (it drops blank planes anywhere), and output is float16.
 
-Safety: nothing is written inside the input folder; output files are written atomically; a
-re-run skips files whose parameters and source are unchanged (``preprocess-state.json`` keeps a
-key per file); bad files are listed in ``report.csv`` with a one-line reason and skipped.
+Every file is accounted for: ``inputs.csv`` lists each file of the input folder with what became
+of it (prepared, skipped, dropped duplicate slice, data file of a header, ignored); ``report.csv``
+gives the one-line reason for each skipped input (unsupported formats included), each flagged
+output (blank or near-constant; skipped under ``--strict``) and each dropped file. DICOM files
+are grouped by folder and SeriesInstanceUID; a series is refused with the reason when its slices
+are not one evenly spaced stack of parallel slices (missing slices, different slices at one
+position, uneven steps, mixed orientations); exact duplicate slices are dropped.
+
+Safety: nothing is written inside the input folder, and nothing outside the output folder is
+written or deleted, whatever ``preprocess-state.json`` says (it is validated: every name it holds
+must resolve inside ``OUT/volumes``); output files are written atomically; a re-run skips files
+whose parameters and source are unchanged; the state file is written first, so an interrupted
+run (Ctrl-C, SIGTERM: the worker processes are stopped too) is resumed by the next one; a run
+with another input folder into an existing dataset is refused unless ``--replace``, which moves
+the earlier dataset into ``OUT/previous-<time>/``; ``--spacing`` refuses a file whose resampled
+volume would exceed ``--max-resample-gib`` (2 GiB) before allocating it.
 """
 
 from __future__ import annotations
@@ -184,13 +198,28 @@ def _sidecar_of(name: str, names: set[str]) -> str | None:
 
 
 def _is_dicom_file(path: Path) -> bool:
-    """DICOM Part 10 files start with a 128-byte preamble and ``DICM``."""
+    """DICOM Part 10 files start with a 128-byte preamble and ``DICM``; a file without a suffix
+    may also be DICOM without that preamble (older scanners): pydicom must then find image or
+    SOP class tags in it."""
     try:
         with open(path, "rb") as fh:
             head = fh.read(132)
     except OSError:
         return False
-    return len(head) == 132 and head[128:] == b"DICM"
+    if len(head) == 132 and head[128:] == b"DICM":
+        return True
+    if Path(path).suffix:
+        return False
+    import pydicom
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path, stop_before_pixels=True, force=True,
+                                 specific_tags=["SOPClassUID", "Rows", "Modality"])
+    except Exception:  # noqa: BLE001 - not parseable as DICOM
+        return False
+    return "SOPClassUID" in ds or "Rows" in ds
 
 
 def _series_problem(headers: list[tuple[Path, Any]], folder_label: str
@@ -366,7 +395,9 @@ def discover(input_dir: Path) -> Discovery:
                     f"unsupported format ({kind}): not a DICOM file nor one of "
                     f"{', '.join(FILE_SUFFIXES + NIBABEL_ONLY)}")))
         if dicom:
-            found.extend(_dicom_inputs(here, dicom, input_dir))
+            with warnings.catch_warnings():  # pydicom warns about every odd value it parses
+                warnings.simplefilter("ignore")
+                found.extend(_dicom_inputs(here, dicom, input_dir))
     for item in found:  # the data files of an input (for its fingerprint)
         if not item.series:
             item.sidecars = [input_dir / rel for rel, why in ignored
@@ -766,7 +797,9 @@ def _check_folders(input_dir: PathLike, out_dir: PathLike, force: bool) -> tuple
     if out.exists() and not out.is_dir():
         raise RunError(explain("--out", "a folder", f"{out_dir} (a file)",
                                "Choose another --out."))
-    if (out.is_dir() and any(not is_lock_file(p) for p in out.iterdir())
+    state_temp = f".{STATE_FILE}."  # a state file half-written when a first run was killed
+    if (out.is_dir() and any(not is_lock_file(p) and not p.name.startswith(state_temp)
+                             for p in out.iterdir())
             and not (out / STATE_FILE).is_file() and not force):
         raise RunError(explain("--out", "an empty folder or one made by `hagan preprocess`",
                                f"{out_dir} (not empty and was not made by `hagan preprocess`)",
@@ -979,7 +1012,8 @@ def preprocess(input_dir: PathLike, out_dir: PathLike, size: int, modality: str 
                                 f"Looked for {', '.join(FILE_SUFFIXES + NIBABEL_ONLY)} files "
                                 "and DICOM files, recursively."))
     candidates = [item for item in inputs if not item.problem]
-    label_of, label_names = ({}, [])
+    label_of: dict[str, str] = {}
+    label_names: list[str] = []
     if labels is not None:
         label_of, label_names = match_labels(candidates, read_labels(labels), labels)
     state, old_source = read_state(out)  # name -> entry; updated as files finish
@@ -1117,8 +1151,8 @@ def _write_outputs(out: Path, found: Discovery, state: dict[str, Any],
 
 # --- CLI: hagan preprocess IN --out OUT ----------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("input", help="folder with NIfTI/NRRD/MHA/MHD/MGZ files or DICOM series "
-                                      "(searched recursively, never written to)")
+    parser.add_argument("input", help="folder with NIfTI/NRRD/MHA/MHD/MGZ/MINC/PAR/AFNI/ECAT files "
+                                      "or DICOM series (searched recursively, never written to)")
     parser.add_argument("--out", required=True,
                         help="output folder for the prepared dataset (outside INPUT)")
     parser.add_argument("--size", type=int, required=True,

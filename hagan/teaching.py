@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from .config import PathLike, preset
+from .errors import ConfigError, explain
 from .runtime import resolve_device
 
 logger = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ def settings(smoke: bool = False, scale: str = "auto", device: str = "auto", see
         **overrides: Any field of :class:`Settings`; 0, "" and None keep the scale's default.
 
     Raises:
-        ValueError: an unknown scale or field.
+        ConfigError: an unknown scale or field.
     """
     dev = resolve_device(device)
     if smoke:
@@ -105,11 +106,13 @@ def settings(smoke: bool = False, scale: str = "auto", device: str = "auto", see
     if scale == "auto":
         scale = "gpu" if dev.type == "cuda" else "cpu"
     if scale not in SCALES:
-        raise ValueError(f"scale must be auto, {', '.join(SCALES)}; not {scale!r}")
+        raise ConfigError(explain("scale", f"auto, {', '.join(SCALES)}", repr(scale),
+                                  "Set the notebook parameter scale to one of these."))
     values = dict(SCALE_DEFAULTS[scale])
     unknown = sorted(set(overrides) - set(values))
     if unknown:
-        raise ValueError(f"unknown setting(s) {', '.join(unknown)}; valid: {', '.join(values)}")
+        raise ConfigError(explain("notebook setting", f"one of {', '.join(values)}",
+                                  ", ".join(map(repr, unknown))))
     values.update({k: v for k, v in overrides.items() if v not in (0, "", None, [])})
     s = Settings(scale=scale, device=dev, seed=seed, **values)
     if verbose:

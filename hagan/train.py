@@ -136,6 +136,7 @@ class Trainer:
         self._resumed_from = found[0] if found else None
         if state is not None:
             cfg = _merge_resumed_config(_saved_config(state, found[0]), cfg)
+            ckpt.check_training_state(state, found[0])  # names a missing part, e.g. optimizers
         if dataset is None:
             cfg = _absolute_data(cfg, state)
         self.cfg = cfg
@@ -230,6 +231,7 @@ class Trainer:
             c: Slab start in [0, 7S/8] (image voxels). None: drawn with :meth:`draw_slab_start`.
 
         What is not given is drawn from ``self.rng`` in this order: c, z[0], z[1], ...
+        With ``g_iter > 1``, ``loss_g`` is the last G update's loss (as the published log).
         """
         cfg, nets, train = self.cfg, self.nets, self.train_nets
         B = x.shape[0]

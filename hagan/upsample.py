@@ -187,8 +187,9 @@ class UpsampleConv3d(nn.Conv3d):
     (torch 2.13's fused Adam) and writes through ``.data`` leave the version counter alone; it
     reads the weight once, far cheaper than the transform. The cached kernels carry no autograd
     graph: with gradients on, the backward of the transform's adjoint routes their gradient to
-    ``weight``. Transforms run in the weight's own precision, outside autocast; under
-    ``torch.compile`` the cache is bypassed.
+    ``weight``. Transforms run in the weight's own precision, outside autocast and outside
+    inference mode (so that an inference-mode pass cannot leave kernels that a later training
+    pass cannot use); under ``torch.compile`` the cache is bypassed.
     """
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
@@ -216,7 +217,10 @@ class UpsampleConv3d(nn.Conv3d):
         key = (weight.data_ptr(), weight._version, weight.dtype, weight.device, weight.shape)
         cached = self._cached
         if cached is None or cached[0] != key or not torch.equal(cached[1], weight):
-            with torch.no_grad(), torch.autocast(weight.device.type, enabled=False):
+            # inference_mode(False): kernels cached during an inference-mode pass (e.g. samples
+            # drawn between training steps) must stay usable by the next training pass
+            with torch.inference_mode(False), torch.no_grad(), \
+                    torch.autocast(weight.device.type, enabled=False):
                 cached = (key, weight.detach().clone(), WEIGHT_FORMS[self.form][0](weight))
             self._cached = cached
         if torch.is_grad_enabled() and weight.requires_grad:

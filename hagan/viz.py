@@ -336,12 +336,12 @@ def plot_metric_report(report: Mapping[str, Any], title: str | None = None) -> F
     held = ("held-out real" if report.get("reference", {}).get("is_heldout", True)
             else "train half (not held-out)")
     panels = [
-        ("FID (lower = closer)", "Fréchet distance",
-         {"generated vs train": m["fid"]["generated_vs_train"],
-          f"{held} vs train": m["fid"]["heldout_vs_train"]}),
-        ("MMD² (lower = closer)", "unbiased MMD²",
-         {"generated vs train": m["mmd2"]["generated_vs_train"],
-          f"{held} vs train": m["mmd2"]["heldout_vs_train"]}),
+        (f"FID vs {held} (lower = closer)", "Fréchet distance",
+         {"generated": m["fid"]["generated_vs_heldout"],
+          "real train": m["fid"]["train_vs_heldout"]}),
+        (f"MMD² vs {held} (lower = closer)", "unbiased MMD²",
+         {"generated": m["mmd2"]["generated_vs_heldout"],
+          "real train": m["mmd2"]["train_vs_heldout"]}),
         ("MS-SSIM of random pairs\n(lower = more diverse)", "mean MS-SSIM",
          {"generated pairs": m["ms_ssim"]["generated"], "real pairs": m["ms_ssim"]["real"]}),
         ("nearest training neighbour\n(much lower = copying)", "median distance",
@@ -411,4 +411,26 @@ def plot_embedding(coords: Mapping[str, np.ndarray], axis_labels: tuple[str, str
     ax.set_ylabel(axis_labels[1])
     ax.set_title(title)
     ax.legend(title=legend_title, fontsize="small")
+    return fig
+
+
+def plot_diversity(records: Sequence[Mapping[str, Any]],
+                   title: str = "diversity during training") -> Figure:
+    """The training log's diversity checks (``Config.diversity_every``): mean MS-SSIM among
+    samples of fixed latents (``ms_ssim_fake``) and among real volumes (``ms_ssim_real``)
+    against the iteration. Samples far above the real line, towards 1, are mode collapse."""
+    plt = _plt()
+    rows = [r for r in records if "ms_ssim_fake" in r]
+    if not rows:
+        raise ValueError("no diversity checks in the log: train with diversity_every > 0")
+    steps = [r["step"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 3.4), constrained_layout=True)
+    ax.plot(steps, [r["ms_ssim_fake"] for r in rows], "o-", label="generated (8 fixed z)")
+    ax.plot(steps, [r["ms_ssim_real"] for r in rows], "s--", label="real (8 volumes)")
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("mean MS-SSIM of all pairs")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     return fig

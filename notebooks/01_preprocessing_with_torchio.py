@@ -148,17 +148,20 @@ teaching.show(fig, figures / "01_ct_source_vs_prepared.png")
 # ## 4. MRI: percentiles instead of a window
 #
 # MRI intensities have no physical unit, so a fixed window makes no sense. The kit maps the
-# 0.5th and 99.5th percentiles of each volume to -1 and +1 (as nnU-Net does). Our MRI is
-# nilearn's MNI152 T1 template (1 mm, 197 × 233 × 189 voxels), the source of the demo cohort.
+# 0.5th and 99.5th percentiles of each volume to -1 and +1 (TorchIO's `RescaleIntensity` with
+# percentiles), because the generator's tanh output is bounded to [-1, 1]. Segmentation
+# pipelines do otherwise: nnU-Net, for example, z-scores each MRI volume (subtract its mean,
+# divide by its standard deviation), which gives no fixed range. Our MRI is nilearn's MNI152
+# T1 template (1 mm, 197 × 233 × 189 voxels), the source of the demo cohort.
 
 # %%
 import shutil
 
-from hagan.demo import T1_FILE, _nilearn_data_dir
+from hagan.demo import template_path
 
 raw_mri = work / "raw_mri"
 raw_mri.mkdir(exist_ok=True)
-shutil.copy(_nilearn_data_dir() / T1_FILE, raw_mri / "mni152_t1.nii.gz")
+shutil.copy(template_path(), raw_mri / "mni152_t1.nii.gz")
 prepared_mri = work / f"prepared_mri{s.size}"
 report = preprocess(raw_mri, prepared_mri, size=s.size, modality="mri", progress=False)
 print(report.summary())

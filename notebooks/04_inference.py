@@ -74,7 +74,9 @@ G, E, SubE = nets["G"], nets["E"], nets["SubE"]
 #
 # $z \sim \mathcal N(0, I)$, then `G.generate(z)` → (B, 1, S, S, S) in [-1, 1]. The seed makes
 # the draw reproducible; `batch_size` trades memory for speed (a 256³ volume needs about 2 GB
-# in fp32 on the GPU).
+# in fp32 on the GPU). If notebook `03` found **mode collapse** (its section 6 verdict, usual for
+# the short CPU runs), the samples below look alike whatever z is: that is the collapse, not a
+# bug in sampling, and the interpolations and reconstructions below inherit it.
 
 # %%
 import torch

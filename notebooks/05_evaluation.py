@@ -15,16 +15,17 @@
 # [![Binder](https://mybinder.org/badge_logo.svg)](https://mybinder.org/v2/gh/hagan-kit/hagan-kit/HEAD?labpath=notebooks%2F05_evaluation.ipynb)
 #
 # A number such as "FID 12.3" means nothing on its own: it depends on the feature extractor, its
-# weights, the number of samples N and the resolution. Every number here is shown next to the
-# same number computed for real volumes the model never saw — the held-out split that training
-# recorded in the run folder (`split.json`) — against its training volumes: the best a perfect
-# generator could hope for at this N.
+# weights, the number of samples N and the resolution. As in the published evaluation, generated
+# volumes are compared with real volumes the model never saw — the held-out split that training
+# recorded in the run folder (`split.json`) — and every number is shown next to the same number
+# for the real training volumes against that reference: the best a perfect generator could hope
+# for at this N.
 #
 # **You will learn**
 # * what the Fréchet distance (FID) and the maximum mean discrepancy (MMD) compare, in feature
 #   space;
 # * how MS-SSIM between random pairs measures diversity, and how nearest-neighbour distances
-#   reveal memorisation;
+#   reveal memorisation, and how to recognise **mode collapse** in both;
 # * to compute each step by hand, then all of them with one call to `hagan.metrics.evaluate`.
 
 # %% tags=["parameters"]
@@ -72,6 +73,7 @@ s = teaching.settings(smoke, scale, device, seed, preset=preset, n_subjects=n_su
 from hagan.features import build_extractor
 from hagan.checkpoint import load_models
 from hagan.generate import sample
+from hagan.train import read_metrics
 
 data = teaching.ensure_demo(work, s)
 run = teaching.ensure_run(work, s, data)
@@ -108,8 +110,8 @@ print(f"features: real train {real_train.shape}, real held-out {real_held.shape}
 # %%
 from hagan.metrics import fid
 
-print(f"FID held-out real vs train real: {fid(real_held, real_train):8.3f}  (baseline)")
-print(f"FID generated    vs train real: {fid(fake, real_train):8.3f}")
+print(f"FID train real vs held-out real: {fid(real_train, real_held):8.3f}  (baseline)")
+print(f"FID generated  vs held-out real: {fid(fake, real_held):8.3f}")
 
 # %% [markdown]
 # ## 3. Maximum mean discrepancy (MMD)
@@ -128,9 +130,9 @@ print(f"FID generated    vs train real: {fid(fake, real_train):8.3f}")
 from hagan.metrics import mmd
 
 permutations = 20 if smoke else 200
-for name, x in (("held-out real", real_held), ("generated", fake)):
-    value, p = mmd(x, real_train, permutations=permutations, seed=seed)
-    print(f"MMD^2 {name:<13} vs train real: {value:8.4f}  (p = {p:.3f}, {permutations} perms)")
+for name, x in (("train real", real_train), ("generated", fake)):
+    value, p = mmd(x, real_held, permutations=permutations, seed=seed)
+    print(f"MMD^2 {name:<10} vs held-out real: {value:8.4f}  (p = {p:.3f}, {permutations} perms)")
 
 # %% [markdown]
 # ## 4. Diversity: MS-SSIM between random pairs
@@ -144,9 +146,27 @@ for name, x in (("held-out real", real_held), ("generated", fake)):
 from hagan.metrics import diversity, ms_ssim_3d
 
 pairs = 10 if smoke else 100
+gen_div, real_div = diversity(fake_volumes, n_pairs=pairs), diversity(train_set, n_pairs=pairs)
 print(f"MS-SSIM of a volume with itself: {ms_ssim_3d(fake_volumes[0], fake_volumes[0])[0]:.3f}")
-print(f"mean MS-SSIM, random generated pairs: {diversity(fake_volumes, n_pairs=pairs):.3f}")
-print(f"mean MS-SSIM, random real pairs:      {diversity(train_set, n_pairs=pairs):.3f}")
+print(f"mean MS-SSIM, random generated pairs: {gen_div:.3f}")
+print(f"mean MS-SSIM, random real pairs:      {real_div:.3f}")
+print("verdict: " + ("MODE COLLAPSE: generated volumes are far more alike than real ones"
+                     if gen_div > real_div + 0.1 else "no collapse by this measure"))
+
+# %% [markdown]
+# A verdict of **mode collapse** means the generator makes nearly the same volume for every z:
+# the other numbers of this notebook then describe one volume, not a distribution. The training
+# log shows when it happened: notebook `03` (section 6) plots the diversity checks the trainer
+# records with `diversity_every`. The remedies are there too: more varied data, augmentation
+# that D sees (`d_augment=true`), a smaller learning rate for D, more iterations.
+
+# %%
+checks = [r for r in read_metrics(run) if "ms_ssim_fake" in r]
+if checks:
+    teaching.show(viz.plot_diversity(checks, title=f"{cfg.preset}: diversity during training"),
+                  figures / "05_diversity.png")
+else:
+    print("this run logged no diversity checks (train with diversity_every > 0 to get them)")
 
 # %% [markdown]
 # ## 5. Everything at once: `hagan.metrics.evaluate`
@@ -169,7 +189,7 @@ print(format_table(report))
 teaching.show(viz.plot_metric_report(report), figures / "05_metrics.png")
 
 # %% [markdown]
-# Reading the report: generated-vs-real values far above the real-vs-real row mean the model is
+# Reading the report: generated-vs-held-out values far above the real-train row mean the model is
 # not there yet (expected after a short run); MS-SSIM of generated pairs well above real pairs
 # means too little diversity (mode collapse); a memorisation ratio far below 1 would mean the
 # generator copies training volumes.

@@ -76,19 +76,32 @@ import torch
 from hagan.bench import bench_train
 
 precisions = ["fp32", "bf16"] + (["fp16"] if s.device.type == "cuda" else [])
-iters, warmup = (1, 0) if smoke else (3, 1)
-timing = {p: bench_train(s.preset, batch_size=2, device=s.device.type, iters=iters, warmup=warmup,
-                         precision=p, count_flops=False)["s_per_iter"] for p in precisions}
-print({p: f"{t * 1000:.0f} ms" for p, t in timing.items()})
-fig = viz.plot_bars({p: t * 1000 for p, t in timing.items()}, xlabel="precision",
-                    title=f"one {s.preset} training iteration (batch 2) on {s.device}",
+iters, warmup = (2, 0) if smoke else (7, 1)
+runs = {p: bench_train(s.preset, batch_size=2, device=s.device.type, iters=iters, warmup=warmup,
+                       precision=p, count_flops=False) for p in precisions}
+for p, r in runs.items():
+    print(f"{p}: median {r['s_per_iter'] * 1000:.0f} ms per iteration "
+          f"(fastest {r['s_fastest'] * 1000:.0f}, slowest {r['s_slowest'] * 1000:.0f}; {iters} runs)")
+fig = viz.plot_bars({p: r["s_per_iter"] * 1000 for p, r in runs.items()}, xlabel="precision",
+                    title=f"one {s.preset} training iteration (batch 2) on {s.device}, median",
                     ylabel="milliseconds per iteration")
 teaching.show(fig, figures / "07_precision.png")
 
+# %%
+fp32, bf16 = runs["fp32"], runs["bf16"]
+apart = bf16["s_slowest"] < fp32["s_fastest"] or fp32["s_slowest"] < bf16["s_fastest"]
+print(f"bf16 / fp32 median time: {bf16['s_per_iter'] / fp32['s_per_iter']:.2f}; the two ranges "
+      + ("do not overlap: a real difference on this machine" if apart else
+         "overlap: no difference this measurement can show"))
+
 # %% [markdown]
-# On a CPU bf16 is often *slower*: only recent CPUs have bf16 arithmetic, and the small tiny32
-# convolutions are dominated by overheads. On a modern GPU bf16 roughly halves time and
-# activation memory. Further switches: `channels_last=True` (a memory layout cuDNN prefers for 3D
+# Read the medians *with* their spread: on a shared or busy machine (Binder, a laptop running
+# other work) one iteration can take twice as long as the next, and a difference smaller than
+# the spread is noise. Whether bf16 helps depends on the hardware: CPUs without bf16 arithmetic
+# (AVX-512 BF16 or AMX) emulate it, and tiny32's small convolutions are dominated by overheads;
+# GPUs with bf16 tensor cores (A100, L4, H100) run the large paper-size convolutions faster and
+# keep activations at half the size (`benchmarks/RESULTS.md` has measured numbers). Further
+# switches: `channels_last=True` (a memory layout cuDNN prefers for 3D
 # convolutions) and `compile=True` (`torch.compile`). Measure before you trust any of them:
 # `hagan bench --preset paper128 --device cuda --precision bf16`.
 #
@@ -97,8 +110,10 @@ teaching.show(fig, figures / "07_precision.png")
 # Data-parallel training runs one process per GPU. Each process holds a full copy of the four
 # networks, draws its own batch (`batch_size` is *per process*), and after every backward pass
 # the gradients are averaged across processes (an all-reduce), so all copies stay identical.
-# Only rank 0 logs and writes checkpoints; seeds are offset per rank so the processes draw
-# different latents and slabs. The command on a node with 4 GPUs:
+# Only rank 0 writes the training log (`metrics.jsonl`, TensorBoard) and the checkpoints;
+# seeds are offset per rank so the processes draw different latents and slabs. Each process
+# still prints its own closing lines, so below you see "trained to iteration 2" once per rank,
+# each with the losses of its own last batch. The command on a node with 4 GPUs:
 #
 # ```
 # torchrun --nproc_per_node=4 -m hagan train --preset paper256 --data DATA --out RUN
@@ -131,7 +146,7 @@ if ddp_demo:
 # * T4 GPUs: `precision="fp16"`; A100/L4: `precision="bf16"`. `hagan bench` tells you the speed
 #   and the peak memory before you commit to a long run.
 # * Memory: the authors trained the 256³ model at batch 4 split over two V100s (notebook `02`
-#   shows why it fits at all). On one 16 GB GPU, measure first (`hagan bench --preset paper256
+#   counts what one iteration needs). On one 16 GB GPU, measure first (`hagan bench --preset paper256
 #   --batch-size 2 --device cuda --precision fp16`) and lower the batch size if needed.
 #
 # ## 4. Loading the published HA-GAN weights

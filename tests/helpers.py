@@ -48,9 +48,11 @@ def make_random_dataset(root: Path, n: int = 4, size: int = 32, seed: int = 0,
 def run_cli(*args: str, timeout: float = 600, check: bool = False,
             cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run ``python -m hagan ARGS``; on an unexpected failure the message shows the output."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONIOENCODING": "utf-8"}
     cmd = [sys.executable, "-m", "hagan", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
+    # decoded as UTF-8 whatever the locale (SimpleITK can switch this process's locale)
+    proc = subprocess.run(cmd, capture_output=True, encoding="utf-8", errors="replace",
+                          timeout=timeout, env=env,
                           cwd=cwd or REPO)
     if check and proc.returncode != 0:
         raise AssertionError(f"command failed ({proc.returncode}): {' '.join(cmd)}\n"

@@ -70,6 +70,7 @@ def test_train_step_exposes_its_trainer(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow  # profiles several iterations: over 10 s on 2 CPU cores
 def test_profile_step_splits_the_iteration_into_phases_and_lists_operators(tmp_path, capsys):
     profile_main = runpy.run_path(str(REPO / "benchmarks" / "profile_step.py"))["main"]
     trace = tmp_path / "trace.json"

@@ -134,7 +134,7 @@ def test_prepared_volumes_are_sane(corpus):
 
 
 def test_known_cases_of_the_issue(corpus):
-    """The inputs that issue 16 found mishandled."""
+    """The inputs that an earlier version of the preprocessing mishandled."""
     src, out, report, before = corpus
     manifest = {row["source"]: row for row in read_csv(out / "manifest.csv")}
     reasons = {row["input"]: row["reason"] for row in read_csv(out / "report.csv")}

@@ -1,4 +1,4 @@
-"""Data integrity (issue 16): DICOM series geometry, pixel types, every input accounted for,
+"""Data integrity: DICOM series geometry, pixel types, every input accounted for,
 whole one-line reasons, blank outputs, bounded resampling, a state file that cannot reach outside
 the output folder, interrupted runs, labels tables and dataset validation at training time."""
 
@@ -381,25 +381,34 @@ def test_sigterm_stops_workers_and_the_rerun_resumes(tmp_path):
         write_volume(src / f"v{k}.nii.gz", volume, spacing)
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "hagan", "preprocess", str(src), "--out",
-                             str(out), "--size", "64", "--modality", "ct", "--workers", "2",
-                             "--no-progress"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    log = tmp_path / "stderr.txt"
     workers: set[int] = set()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and proc.poll() is None:
-        workers |= _children(proc.pid)
-        if len(workers) >= 2 and (out / "volumes").is_dir():
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be interrupted"
-    proc.send_signal(signal.SIGTERM)
-    proc.communicate(timeout=60)
-    assert proc.returncode != 0
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(_alive(pid) for pid in workers):
-        time.sleep(0.1)
-    assert not [pid for pid in workers if _alive(pid)], "worker processes outlived the command"
+    with open(log, "wb") as err:  # not a pipe: a leftover worker would hold it open
+        proc = subprocess.Popen([sys.executable, "-m", "hagan", "preprocess", str(src), "--out",
+                                 str(out), "--size", "64", "--modality", "ct", "--workers", "2",
+                                 "--no-progress"], env=env, stdout=subprocess.DEVNULL,
+                                stderr=err)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            workers |= _children(proc.pid)
+            if len(workers) >= 2 and (out / "volumes").is_dir():
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        assert proc.returncode != 0
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(_alive(pid) for pid in workers):
+            time.sleep(0.1)
+        left = [pid for pid in workers if _alive(pid)]
+        assert not left, "worker processes outlived the command"
+    finally:  # never leave processes behind, whatever failed
+        for pid in [proc.pid, *workers]:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        proc.wait(timeout=10)
     report = run(src, out, size=64)  # resumes: not "not made by hagan preprocess"
     assert report.usable == 8 and not report.failed
 

@@ -213,6 +213,26 @@ def test_upsample_kernel_cache_gives_the_same_outputs_and_gradients_and_follows_
         torch.testing.assert_close(after, reference(), rtol=0, atol=1e-6, msg=change)
 
 
+def test_kernels_cached_in_an_inference_mode_pass_serve_the_next_training_pass() -> None:
+    """Samples drawn between training steps (``hagan.generate.sample`` runs in inference mode)
+    fill the cache; the next training pass must still run and give the plain gradients."""
+    torch.manual_seed(0)
+    G = build_models(preset("tiny32"))["G"]
+    z = torch.randn(1, G.latent_dim)
+    G.cache_upsample_kernels()
+    with torch.inference_mode():
+        G.generate(z)
+    slab, low = G(z, 4)
+    (slab.square().mean() + low.mean()).backward()
+    cached = [p.grad.clone() for p in G.parameters()]
+    G.cache_upsample_kernels(False)
+    G.zero_grad()
+    slab, low = G(z, 4)
+    (slab.square().mean() + low.mean()).backward()
+    for a, b in zip(cached, [p.grad for p in G.parameters()]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
 def test_upsample_conv_layer_is_a_conv3d_with_the_same_parameters() -> None:
     """UpsampleConv3d keeps nn.Conv3d's parameter names (checkpoints and the official import
     depend on them) and computes interpolate(x2, nearest) then the conv."""

@@ -15,7 +15,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from hagan.notebook_runner import SOLUTIONS, notebook_paths, run_notebook
+from hagan.notebook_runner import SOLUTIONS, NotebookError, notebook_paths, run_all, run_notebook
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = REPO / "notebooks"
@@ -57,7 +57,8 @@ EXPECTED_OUTPUTS = {
                                  "figures/02_step_costs.png",
                                  "figures/02_slab.png", "figures/02_coverage.png"],
     "03_training": ["run_tiny32/checkpoints/ckpt_*.pt", "run_tiny32/metrics.jsonl",
-                    "figures/03_losses.png", "figures/03_real_vs_generated.png"],
+                    "figures/03_losses.png", "figures/03_real_vs_generated.png",
+                    "figures/03_diversity.png"],
     "04_inference": ["samples/sample_0000.nii.gz", "run_tiny32_conditional/checkpoints/ckpt_*.pt",
                      "figures/04_conditional.png", "figures/04_interpolation.png",
                      "figures/04_nifti.png"],
@@ -257,15 +258,19 @@ def test_runner_is_quiet_keeps_final_bars_and_summarises_a_failure(tmp_path, cap
     path = tmp_path / "nb" / "00_failing.ipynb"
     path.parent.mkdir()
     nbformat.write(nb, path)
-    out = tmp_path / "out" / path.name
-    result = run_notebook(path, out, tmp_path / "work", smoke=True, html=False)
-    assert not result["ok"]
-    assert re.fullmatch(r"ValueError in cell \[\d+\]: boom: the lesson failed", result["error"])
-    cell = next(c for c in _read(out).cells if c.source.startswith("from tqdm"))
+    with pytest.raises(NotebookError) as failure:  # every notebook attempted, then one summary
+        run_all(tmp_path / "out", tmp_path / "work", smoke=True, notebook_dir=path.parent)
+    summary = str(failure.value)
+    assert re.search(r"00_failing.ipynb: ValueError in cell \[\d+\]: boom: the lesson failed",
+                     summary) and "Traceback" not in summary, summary
+    cell = next(c for c in _read(tmp_path / "out" / path.name).cells
+                if c.source.startswith("from tqdm"))
     bar = "".join(o.get("text", "") for o in cell.outputs)
     assert "50/50" in bar and "\r" not in bar and " 0%" not in bar, repr(bar)
     printed = capfd.readouterr()
-    for noise in ("WARNING", "without encryption", "Input Notebook", "Executing notebook"):
+    assert re.search(r"\[ 1/1\] 00_failing +\d+\.\d s \(CPU [\d.]+ s\) FAILED", printed.out)
+    for noise in ("WARNING", "ERROR", "without encryption", "Input Notebook",
+                  "Executing notebook"):
         assert noise not in printed.out + printed.err, printed
 
 

@@ -344,11 +344,11 @@ def test_export_writes_a_runs_networks_and_config(tmp_path: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     import hashlib
 
-    from hagan import checkpoint as ckpt
-    from hagan.models import build_models
-
     import nibabel as nib
     import numpy as np
+
+    from hagan import checkpoint as ckpt
+    from hagan.models import build_models
 
     cfg = preset("tiny32", num_classes=2)
     torch.manual_seed(0)

@@ -37,7 +37,7 @@ def test_crops_position_and_low_res_match_the_published_arithmetic():
 
 
 def test_teaching_slab_draws_follow_align_slabs():
-    """The notebook helper drew unaligned starts even with align_slabs=True (issue 13)."""
+    """The notebook helper drew unaligned starts even with align_slabs=True."""
     from hagan.lessons import draw_slab_starts
 
     starts = draw_slab_starts(preset("tiny32", align_slabs=True), 200, seed=1)

@@ -86,19 +86,27 @@ print(f"mean {fractions.mean():.3f}, std {fractions.std():.3f}, "
 # %% [markdown]
 # ## Exercise 3: a lesion class
 #
-# The lesion is a smooth ellipsoid as bright as the brightest tissue of the template, placed deep
-# in white matter. Central slices can miss it, so we cut through the brightest spot of the
-# smoothed lesion subject, and show a healthy subject at the same place.
+# The lesion is a smooth ellipsoid as bright as the brightest tissue of the template, placed at
+# one of a few white-matter sites of the template. Where is it in this subject? The brightest
+# voxel is no answer (bright tissue and noise compete). The demo cohort can render the *same*
+# subject without its lesion (the lesion draws from its own random stream), so the difference
+# of the two is the lesion alone; we cut through its centre, and show a healthy subject there.
 
 # %%
-from scipy.ndimage import uniform_filter
+from hagan.data import read_info
+from hagan.demo import demo_volume, template_cube
 
 lesion_data = teaching.ensure_demo(work, s, lesion_fraction=0.5, made_by="notebook 04")
 cohort = PreparedDataset(lesion_data, size=s.size, num_classes=2)
 labels = [cohort[i][1] for i in range(len(cohort))]
-sick, healthy = cohort[labels.index(1)][0], cohort[labels.index(0)][0]
-centre = np.unravel_index(np.argmax(uniform_filter(sick[0].numpy(), 3)), sick.shape[1:])
-print(f"labels: {labels}; brightest spot of subject {labels.index(1)} at (z, y, x) {centre}")
+index = labels.index(1)
+sick, healthy = cohort[index][0], cohort[labels.index(0)][0]
+twin = demo_volume(template_cube(s.size), s.size, read_info(lesion_data)["seed"], index,
+                   lesion=False)  # subject `index` rendered without its lesion
+lesion = sick[0].numpy() - twin.astype(np.float32)  # (S, S, S): zero outside the lesion
+centre = tuple(int(i) for i in np.unravel_index(np.argmax(lesion), lesion.shape))
+print(f"labels: {labels}; subject {index}: lesion centre at (z, y, x) {centre}, "
+      f"{int((lesion > 0.05).sum())} voxels brighter by > 0.05")
 
 # %%
 fig = viz.plot_volumes([sick, healthy], [f"label 1 (subject {labels.index(1)})",

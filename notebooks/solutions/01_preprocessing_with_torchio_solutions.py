@@ -50,7 +50,8 @@ s = teaching.settings(smoke, scale, device, seed, preset=preset)
 # With the lung window [-1000, -400] HU everything denser than -400 HU — fat (-100), soft tissue
 # (+40) and bone — saturates at +1: the whole body wall and the mediastinum become one flat
 # bright region, and only the lungs keep their texture. With the HA-GAN window only bone
-# (> 600 HU) saturates.
+# (> 600 HU) can saturate, and after resizing to S³ hardly any voxel does: the anti-aliased
+# resize averages the phantom's thin bone with the tissue around it (the printout says how many).
 
 # %%
 from hagan.phantom import ct_phantom, write_volume
@@ -69,7 +70,7 @@ from hagan.data import PreparedDataset
 
 prepared = {name: PreparedDataset(out, size=s.size)[0] for name, (out, _) in outputs.items()}
 for name, v in prepared.items():
-    print(f"{name:<20} voxels at +1: {float((v >= 0.999).float().mean()):6.1%}")
+    print(f"{name:<20} voxels at +1: {float((v >= 0.999).float().mean()):7.2%}")
 fig = viz.plot_volumes(list(prepared.values()), list(prepared), title="two windows, prepared")
 teaching.show(fig, figures / "sol01_windows.png")
 
@@ -112,18 +113,19 @@ print(f"input folder hash before {before}, after {folder_hash(messy)}")
 # %% [markdown]
 # ## Exercise 3: resolution
 #
-# The MNI152 brain fills a cube of about 230 mm after padding, so a 32³ voxel is about 7 mm and a
-# 64³ voxel about 3.6 mm. At 32³ the cortex folds, the ventricles' thin horns and the cerebellum's
+# After padding to a cube, the MNI152 head's cube edge in mm divided by 32 or 64 is the voxel
+# size (printed below: halving the voxel count per side doubles the voxel's edge). At 32³ the
+# cortex folds, the ventricles' thin horns and the cerebellum's
 # leaves blur into a few voxels; at 64³ they start to appear.
 
 # %%
 from hagan.data import read_info
-from hagan.demo import T1_FILE, _nilearn_data_dir
+from hagan.demo import template_path
 
 raw_mri = work / "raw_mri"
 raw_mri.mkdir(exist_ok=True)
 if not (raw_mri / "mni152_t1.nii.gz").is_file():  # notebook 01 normally copies it
-    shutil.copy(_nilearn_data_dir() / T1_FILE, raw_mri / "mni152_t1.nii.gz")
+    shutil.copy(template_path(), raw_mri / "mni152_t1.nii.gz")
 volumes = {}
 for size in (32, 64):
     out = work / f"prepared_mri{size}"

@@ -73,9 +73,13 @@ for t in (0.0, 0.25, 0.5, 0.75, 1.0):
 # %% [markdown]
 # ## Exercise 2: can the encoders invert the generator?
 #
-# We know the true $z$ of generated volumes, so we can check both the latent and the image. After
-# a short training run expect a modest cosine similarity; it rises with training, since E^G is
-# trained to invert exactly this generator.
+# We know the true $z$ of generated volumes, so we can check both the latent and the image. For
+# scale: two unrelated random vectors of $d$ dimensions have a cosine of about $0 \pm 1/\sqrt d$.
+# E^G is trained to invert exactly this generator, so a cosine clearly above that band means the
+# encoders have learned something; after a short run expect it near 0, i.e. not (yet) inverted.
+# The last line of the output says which case this run is. A small image L1 next to cosines near
+# 0 is no success: unrelated latents then give nearly the same volume, which is mode collapse
+# (notebook `03`, section 6).
 
 # %%
 import torch.nn.functional as F
@@ -91,13 +95,17 @@ z_hat = encode(nets["E"], nets["SubE"], volumes).cpu()
 again = sample(nets["G"], s.n_samples, z=z_hat)
 print("cosine(z, z_hat):", [f"{c:.2f}" for c in F.cosine_similarity(z, z_hat)])
 print("L1(G(z), G(z_hat)):", [f"{e:.3f}" for e in (again - volumes).abs().mean((1, 2, 3, 4))])
+mean_cos, chance = float(F.cosine_similarity(z, z_hat).mean()), 1 / d**0.5
+print(f"mean cosine {mean_cos:.2f} vs chance band ±{chance:.2f}: "
+      + ("the encoders invert G in part" if mean_cos > 2 * chance else "not inverted (yet)"))
 
 # %% [markdown]
 # ## Exercise 3: where does the label act?
 #
 # The mean of $G(z, 1) - G(z, 0)$ over several $z$ cancels what the label does not change and
-# keeps what it does. A trained conditional model shows a bright spot where lesions were in the
-# training data (deep white matter); after a very short run the map is mostly noise.
+# keeps what it does. A well-trained conditional model shows a bright spot where lesions were
+# in the training data (the template's white-matter lesion sites); after a short run the map
+# may be mostly noise. The printed peak and the figure show which this run is.
 
 # %%
 lesion_data = teaching.ensure_demo(work, s, lesion_fraction=0.5, made_by="notebook 04")

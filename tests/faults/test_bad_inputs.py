@@ -272,10 +272,7 @@ CASES = [
                                                          t / "run", "--set", "num_classes=3"),
          "num_classes: checkpoint 2 vs requested 3",
          sentinel=lambda w, t: _run_with(w, t, "ckpt_c2")),
-    Case("train-fresh-over-checkpoints", lambda w, t: P(*TRAIN, "--data", w["data"], "--out",
-                                                        t / "run", "--fresh"),
-         "--fresh: expected an --out folder without checkpoints",
-         sentinel=lambda w, t: _run_with(w, t, "ckpt")),
+    # (--fresh over checkpoints is no bad input: it moves them aside, see test_run_integrity.py)
     Case("train-bad-set-keeps-run", lambda w, t: P(*TRAIN, "--data", w["data"], "--out",
                                                    t / "run", "--set", "log_every=0"),
          "log_every: expected a value > 0", sentinel=lambda w, t: _run_with(w, t, "ckpt")),

@@ -50,13 +50,16 @@ class _Payload:
 
 
 # --- 2. disk faults ---------------------------------------------------------------------------
+@pytest.mark.slow  # over 10 s on 2 CPU cores
 def test_resume_skips_truncated_newest_checkpoint(data, tmp_path, caplog):
     """A crash that truncated the newest checkpoint: ``hagan train`` says so, resumes from the
-    previous good one, and redoes the lost iterations (the broken file is replaced)."""
+    previous good one, and redoes the lost iterations (the broken file is set aside as
+    ``ckpt_00000004.pt.damaged``, bytes intact, and a whole ckpt_00000004.pt is written)."""
     run = tmp_path / "run"
     assert train(data, run, 4) == 0
     newest = ckpt.checkpoint_path(run, 4)
     newest.write_bytes(newest.read_bytes()[:5000])
+    broken = digest(newest)
     caplog.set_level(logging.INFO)
     assert train(data, run, 6) == 0
     text = caplog.text
@@ -64,6 +67,7 @@ def test_resume_skips_truncated_newest_checkpoint(data, tmp_path, caplog):
     assert "truncated or corrupt" in text
     assert f"resuming from {ckpt.checkpoint_path(run, 2)} (iteration 2)" in text
     assert ckpt.load_checkpoint(newest)["step"] == 4  # rewritten, whole again
+    assert digest(newest.with_name(newest.name + ".damaged")) == broken  # set aside
     assert ckpt.latest_checkpoint(run)[1]["step"] == 6
     assert [r["step"] for r in read_metrics(run)] == [1, 2, 3, 4, 5, 6]
 
@@ -96,15 +100,18 @@ def test_crafted_checkpoint_refused_by_generate_and_evaluate(evil_run, data, tmp
 
 
 def test_crafted_checkpoint_never_resumed_by_train(evil_run, data, caplog):
-    """``hagan train --out RUN`` (which resumes from RUN) skips the crafted file with a warning
-    and never unpickles it; ``--fresh`` refuses to mix runs."""
+    """``hagan train --out RUN`` (which resumes from RUN) never unpickles the crafted file and,
+    as it is the run's only checkpoint, refuses to start over (exit 2, nothing changed);
+    ``--fresh`` starts a new run and moves the file aside, bytes intact."""
     run, path, marker = evil_run
     before = digest(path)
     caplog.set_level(logging.INFO)
-    assert train(data, run, 1, "--fresh") == 2
-    assert train(data, run, 1) == 0
+    assert train(data, run, 1) == 2
     assert "refusing to load" in caplog.text and "resuming from" not in caplog.text
     assert not marker.exists() and digest(path) == before
+    assert train(data, run, 1, "--fresh") == 0
+    moved = list(run.glob("previous-*/checkpoints/ckpt_00000002.pt"))
+    assert len(moved) == 1 and digest(moved[0]) == before and not marker.exists()
 
 
 def test_manifest_paths_cannot_escape_the_data_folder(data, tmp_path, capsys):
@@ -122,6 +129,7 @@ def test_manifest_paths_cannot_escape_the_data_folder(data, tmp_path, capsys):
 
 
 # --- 5. numerical faults ----------------------------------------------------------------------
+@pytest.mark.slow  # over 10 s on 2 CPU cores
 def test_nan_loss_stops_with_iteration_and_last_good_checkpoint(data, tmp_path, capsys,
                                                                 monkeypatch):
     """A NaN loss at iteration 5 stops training (exit 3) naming the iteration and the last
@@ -152,6 +160,7 @@ def test_nan_loss_stops_with_iteration_and_last_good_checkpoint(data, tmp_path, 
 
 
 # --- 6. determinism ---------------------------------------------------------------------------
+@pytest.mark.slow  # over 10 s on 2 CPU cores
 def test_same_seed_same_losses_and_same_samples(data, tmp_path):
     """Two CPU runs with the same seed log identical losses; ``hagan generate`` twice with the
     same seed writes identical volumes (and another seed different ones)."""

@@ -19,7 +19,6 @@ SIGTERM is covered by ``tests/test_train.py::test_cli_train_generate_and_sigterm
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
@@ -46,16 +45,15 @@ def train_cmd(data: Path, run: Path, iterations: int) -> list[str]:
 
 def start(cmd: list[str]) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            encoding="utf-8", errors="replace",
                             cwd=REPO, env=env)
 
 
 def logged_steps(run: Path) -> list[int]:
-    """Steps in ``metrics.jsonl`` (a line cut by the kill would fail ``json.loads``: good)."""
-    path = run / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(ln)["step"] for ln in path.read_text().splitlines() if ln.strip()]
+    """Steps in ``metrics.jsonl``; a last line cut by a kill is left out (the resumed run drops
+    it too), any other damage raises."""
+    return [r["step"] for r in ckpt.load_metrics_log(run / "metrics.jsonl")[0]]
 
 
 def temp_files(run: Path) -> list[Path]:
