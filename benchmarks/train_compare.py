@@ -24,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 
 KIT_CASES = {  # case -> (precision, channels_last, compile)
     "kit": ("fp32", False, False),
@@ -136,9 +137,18 @@ def run_case(case: str, size: int, batch: int, device_name: str, official: str |
             else _kit_step(case, size, batch, device))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    times = time_calls(step, device, iters, warmup)
+    cpu: list[float] = []  # CPU seconds of this process per call: less sensitive than wall
+                           # time to other jobs on a shared machine (CPU only; GPU work is async)
+
+    def timed() -> None:
+        t = time.process_time()
+        step()
+        cpu.append(time.process_time() - t)
+
+    times = time_calls(timed, device, iters, warmup)
     out = {"case": case, "size": size, "batch": batch, "device": device_name,
            "s_per_iter": round(statistics.median(times), 4), "iters": iters,
+           "cpu_s_per_iter": round(statistics.median(cpu[warmup:]), 4),
            "peak_rss_gib": round(peak_rss_gib(), 3), "torch": torch.__version__,
            "threads": torch.get_num_threads()}
     if device.type == "cuda":
@@ -172,8 +182,9 @@ def main() -> int:
     # over minutes (its measured matmul peak ranged 0.14-0.20 TFLOP/s in one session), so the
     # ratio is taken within each round, where official and kit ran minutes apart at most.
     ratios: dict[str, list[float]] = {}
+    cpu_ratios: dict[str, list[float]] = {}
     for rnd in range(args.rounds):
-        base = None
+        base = base_cpu = None
         for case in args.cases:
             cmd = [sys.executable, __file__, "--one", case, "--size", str(args.size),
                    "--batch-size", str(args.batch_size), "--device", args.device, "--iters",
@@ -187,16 +198,23 @@ def main() -> int:
             res = json.loads(proc.stdout.strip().splitlines()[-1])
             res["round"] = rnd
             if case == "official":
-                base = res["s_per_iter"]
+                base, base_cpu = res["s_per_iter"], res.get("cpu_s_per_iter")
             elif base:
                 res["speedup_vs_official"] = round(base / res["s_per_iter"], 3)
                 ratios.setdefault(case, []).append(res["speedup_vs_official"])
+                if base_cpu and res.get("cpu_s_per_iter"):
+                    res["cpu_speedup_vs_official"] = round(base_cpu / res["cpu_s_per_iter"], 3)
+                    cpu_ratios.setdefault(case, []).append(res["cpu_speedup_vs_official"])
             print(json.dumps(res), flush=True)
     if args.rounds > 1:
         for case, values in ratios.items():
             print(json.dumps({"case": case, "rounds": len(values),
                               "speedup_median": round(statistics.median(values), 3),
                               "speedup_min": min(values), "speedup_max": max(values)}))
+        for case, values in cpu_ratios.items():
+            print(json.dumps({"case": case, "rounds": len(values),
+                              "cpu_speedup_median": round(statistics.median(values), 3),
+                              "cpu_speedup_min": min(values), "cpu_speedup_max": max(values)}))
     return 0
 
 

@@ -30,7 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "import-official": ("hagan.official",
                         "convert published HA-GAN .pth files to a kit weights file "
                         "(safetensors)"),
-    "export": ("hagan.weights", "write a run's networks and config as one safetensors file"),
+    "export": ("hagan.export", "write a run's networks and config as one safetensors file"),
     "bench": ("hagan.bench", "time and measure one training iteration or generation"),
 }
 

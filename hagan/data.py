@@ -457,16 +457,18 @@ def _spacing(spacing: Sequence[float], where: str) -> tuple[float, float, float]
     if len(values) != 3 or not all(math.isfinite(s) and s > 0 for s in values):
         raise DataError(explain(where, "three positive voxel sizes (z, y, x) in mm",
                                 repr(spacing), "Pass --spacing Z Y X."))
-    return values  # type: ignore[return-value]
+    return values[0], values[1], values[2]
 
 
-def _window(hu_window: Sequence[float] | None) -> tuple[float, float] | None:
-    if hu_window is None:
-        return None
+def _check_window(hu_window: Sequence[float]) -> tuple[float, float]:
     lo, hi = (float(v) for v in hu_window)
     if not lo < hi:
         raise DataError(explain("HU window", "LOW < HIGH", f"[{lo}, {hi}]"))
     return lo, hi
+
+
+def _window(hu_window: Sequence[float] | None) -> tuple[float, float] | None:
+    return None if hu_window is None else _check_window(hu_window)
 
 
 def volume_affine(size: int, spacing: Sequence[float]) -> np.ndarray:
@@ -503,13 +505,13 @@ def nifti_settings(info: dict[str, Any], where: str = "dataset.json") -> dict[st
 
 def kit_to_hu(volume: np.ndarray, hu_window: Sequence[float]) -> np.ndarray:
     """Invert the preprocessing window: kit values in [-1, 1] -> HU in [LOW, HIGH] (float)."""
-    lo, hi = _window(hu_window)  # type: ignore[misc]
+    lo, hi = _check_window(hu_window)
     return lo + (np.clip(volume, -1.0, 1.0) + 1.0) * ((hi - lo) / 2.0)
 
 
 def hu_to_kit(hu: np.ndarray, hu_window: Sequence[float]) -> np.ndarray:
     """The preprocessing window: HU -> kit values in [-1, 1] (float32)."""
-    lo, hi = _window(hu_window)  # type: ignore[misc]
+    lo, hi = _check_window(hu_window)
     return ((np.clip(hu, lo, hi) - lo) * (2.0 / (hi - lo)) - 1.0).astype(np.float32)
 
 
@@ -531,7 +533,8 @@ def save_nifti(volume: torch.Tensor | np.ndarray, path: PathLike, spacing: Seque
         * MRI and anything else (``hu_window`` None): float32, the model's values in [-1, 1]
           as they are. MRI intensities have no physical unit; -1 and 1 are the bottom and top of
           the dataset's intensity scaling (percentile window, see ``dataset.json``).
-        The header's ``descrip`` says which.
+        The header's ``descrip`` says which. The file is written atomically (a temporary name,
+        then renamed): never half-written under ``path``.
 
     Raises:
         ValueError: the volume is not a cube.
@@ -544,7 +547,7 @@ def save_nifti(volume: torch.Tensor | np.ndarray, path: PathLike, spacing: Seque
     arr = arr.reshape(arr.shape[-3:])
     if len(set(arr.shape)) != 1:
         raise ValueError(f"expected a cubic volume, got shape {arr.shape}")
-    affine = volume_affine(arr.shape[0], spacing)
+    affine = volume_affine(len(arr), spacing)
     window = _window(hu_window)
     if window is not None:
         data = np.rint(kit_to_hu(arr, window)).astype(HU_DTYPE)

@@ -1,5 +1,4 @@
-"""Weights people can share: one safetensors file with the networks and their config, and the
-``hagan export`` command that writes it from a run.
+"""Weights people can share: one safetensors file with the networks and their config.
 
 A kit weights file is a `safetensors <https://huggingface.co/docs/safetensors>`_ file: a JSON
 header followed by raw tensor bytes, so reading it never runs code (unlike a pickle) and any
@@ -17,14 +16,13 @@ Optimiser state and RNG state are not in it (a run's checkpoints keep those, for
 and the notebooks accept either. Each writer prints the file's SHA-256, so that whoever receives
 the file can check they have the same bytes (``sha256sum FILE``).
 
-Example (command line)::
+The ``hagan export`` command is in :mod:`hagan.export`. Example::
 
     hagan export runs/brain128 --out brain128.safetensors
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from collections.abc import Mapping
@@ -35,7 +33,7 @@ import torch
 from torch import nn
 
 from .config import Config, PathLike, from_dict
-from .errors import CheckpointError, HaganError, RunError, explain
+from .errors import CheckpointError, HaganError, explain
 from .fileio import atomic_write_bytes, sha256_file
 
 logger = logging.getLogger(__name__)
@@ -69,7 +67,8 @@ def write_weights(path: PathLike, cfg: Config, nets: Mapping[str, nn.Module | No
     Args:
         path: The file to write (by convention ``*.safetensors``).
         cfg: The networks' config (stored as JSON in the metadata).
-        nets: Any of ``G``, ``D``, ``E``, ``SubE`` (None entries are skipped).
+        nets: Any of ``G``, ``D``, ``E``, ``SubE`` (None entries are skipped), plain modules
+            (not wrapped in DDP or ``torch.compile``: see :func:`hagan.checkpoint.unwrap`).
         step: Training iteration the weights come from.
         source: Free text: where the weights came from (a run folder, published files).
         data: The training data's geometry (:func:`hagan.checkpoint.run_data_geometry`), so that
@@ -84,8 +83,6 @@ def write_weights(path: PathLike, cfg: Config, nets: Mapping[str, nn.Module | No
     """
     from safetensors.torch import save
 
-    from .checkpoint import unwrap
-
     present = {k: v for k, v in nets.items() if v is not None}
     unknown = sorted(set(present) - set(NETWORKS))
     if unknown or not present:
@@ -93,7 +90,7 @@ def write_weights(path: PathLike, cfg: Config, nets: Mapping[str, nn.Module | No
     tensors: dict[str, torch.Tensor] = {}
     for name in NETWORKS:
         if name in present:
-            for key, value in unwrap(present[name]).state_dict().items():
+            for key, value in present[name].state_dict().items():
                 # own contiguous CPU copies: safetensors refuses shared or strided storage
                 tensors[f"{name}.{key}"] = value.detach().to("cpu").contiguous().clone()
     metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION),
@@ -192,36 +189,6 @@ def read_data_geometry(path: PathLike) -> dict[str, Any] | None:
     if not isinstance(data, dict):
         raise CheckpointError(explain(f"{path} data metadata", "a JSON object", repr(text[:40])))
     return data
-
-
-# --- CLI: hagan export RUN --out FILE ----------------------------------------------------------
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", help="run folder (its newest good checkpoint) or a checkpoint file")
-    p.add_argument("--out", required=True, metavar="FILE",
-                   help=f"weights file to write, e.g. brain128{SUFFIX}")
-    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
-
-
-def main(args: argparse.Namespace) -> int:
-    """Export a run's newest checkpoint (G, D, E, SubE and config) as safetensors."""
-    from .checkpoint import load_checkpoint, networks_from_states, resolve, run_data_geometry
-
-    out = Path(args.out)
-    if out.exists() and not args.force:
-        raise RunError(explain("--out", "a new file", f"{out} (already exists)",
-                               "Choose another --out or pass --force to overwrite it."))
-    source = resolve(args.run)
-    state = load_checkpoint(source)
-    cfg = from_dict(state["config"])
-    nets = networks_from_states(cfg, state["models"], source)  # checks that they fit
-    geometry = run_data_geometry(state)
-    digest = write_weights(out, cfg, nets, step=int(state.get("step", 0)),
-                           source=f"hagan-kit run checkpoint {source.name}",
-                           data=geometry if geometry.get("spacing_mm") else None)
-    print(f"wrote {out} ({', '.join(nets)}; {cfg.size}^3, iteration {state.get('step', 0)})")
-    print(f"sha256 {digest}")
-    note_suffix(out)
-    return 0
 
 
 def note_suffix(path: PathLike) -> None:
