@@ -91,7 +91,8 @@ def main() -> int:
         cmd = [sys.executable, __file__, "--case", case, "--size", str(args.size),
                "--iters", str(args.iters)] + (["--official", args.official] if args.official
                                                else [])
-        out = subprocess.run(cmd, capture_output=True, text=True)
+        out = subprocess.run(cmd, capture_output=True, text=True, encoding="utf-8",
+                             errors="replace")
         if out.returncode:
             print(json.dumps({"case": case, "error": out.stderr.strip().splitlines()[-1:]}))
         else:

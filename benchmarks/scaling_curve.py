@@ -42,7 +42,7 @@ def main() -> int:
     viz.save(fig, out / "scaling_curve.png")
     (out / "scaling_curve.json").write_text(json.dumps(
         {"device": where, "torch": torch.__version__, "width": args.width, "records": records},
-        indent=1))
+        indent=1), encoding="utf-8")
     return 0
 
 

@@ -191,7 +191,8 @@ def main() -> int:
                    str(args.iters), "--warmup", str(args.warmup)] + (
                        ["--official", args.official] if args.official else [])
             env = {**os.environ, **CASE_ENV.get(case, {})}
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            proc = subprocess.run(cmd, capture_output=True, text=True, encoding="utf-8",
+                                  errors="replace", env=env)
             if proc.returncode != 0:
                 print(json.dumps({"case": case, "error": proc.stderr.strip().splitlines()[-1:]}))
                 continue

@@ -126,7 +126,7 @@ def unpack(archive: Path, dest: Path) -> Path:
             tf.extractall(dest, members=members)
     else:
         raise ValueError(f"{archive} is neither a tar nor a zip archive")
-    marker.write_text("ok\n")
+    marker.write_text("ok\n", encoding="utf-8")
     return dest
 
 

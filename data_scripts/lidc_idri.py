@@ -42,7 +42,7 @@ def list_series(downloads: Path) -> list[dict]:
     """The collection's CT series (SeriesInstanceUID, PatientID, ...), cached in series.json."""
     query = urllib.parse.urlencode({"Collection": COLLECTION, "Modality": "CT"})
     path = common.download(f"{API}/getSeries?{query}", downloads / "series.json")
-    series = json.loads(path.read_text())
+    series = json.loads(path.read_text(encoding="utf-8"))
     return sorted(series, key=lambda s: (s.get("PatientID", ""), s["SeriesInstanceUID"]))
 
 
@@ -51,7 +51,7 @@ def verify_md5s(folder: Path) -> None:
     table = folder / "md5hashes.csv"
     if not table.is_file():
         return
-    with open(table, newline="") as fh:
+    with open(table, newline="", encoding="utf-8") as fh:
         for row in csv.DictReader(fh):
             name, expected = row.get("FileName") or row.get("filename"), row.get("MD5Hash")
             if not name or not expected:

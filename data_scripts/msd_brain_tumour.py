@@ -64,7 +64,7 @@ def tumour_size_labels(task_dir: Path, images: Path, dest: Path) -> Path:
             sizes[path.name] = int(np.count_nonzero(np.asarray(nib.load(path).dataobj)))
     median = float(np.median(list(sizes.values())))
     rows = "".join(f"{n},{'large' if v > median else 'small'}\n" for n, v in sizes.items())
-    dest.write_text("file,label\n" + rows)
+    dest.write_text("file,label\n" + rows, encoding="utf-8")
     return dest
 
 

@@ -37,7 +37,7 @@ from .fileio import (
     set_aside,
     write_json,
 )
-from .models import build_models
+from .models import Networks, build_models
 
 logger = logging.getLogger(__name__)
 
@@ -407,7 +407,7 @@ def save_models(path: PathLike, cfg: Config, models: dict[str, nn.Module | None]
 
 
 def load_models(path: PathLike, device: str | torch.device = "cpu",
-                ) -> tuple[Config, dict[str, nn.Module]]:
+                ) -> tuple[Config, Networks]:
     """Rebuild the networks of a kit checkpoint (file or run folder) or of a kit weights file
     (safetensors, written by ``hagan export`` / ``hagan import-official``; see
     :mod:`hagan.weights`) in eval mode. The format is recognised from the file's content.
@@ -431,7 +431,7 @@ def load_models(path: PathLike, device: str | torch.device = "cpu",
 
 
 def networks_from_states(cfg: Config, states: dict[str, Any], where: PathLike,
-                         device: str | torch.device = "cpu") -> dict[str, nn.Module]:
+                         device: str | torch.device = "cpu") -> Networks:
     """Networks of ``cfg`` with the state dicts ``states`` ({"G": ..., ...}) loaded strictly,
     on ``device`` in eval mode.
 
@@ -439,7 +439,7 @@ def networks_from_states(cfg: Config, states: dict[str, Any], where: PathLike,
         CheckpointError: an unknown network name, or weights that do not fit (names ``where``).
     """
     nets = build_models(cfg)
-    out: dict[str, nn.Module] = {}
+    out = Networks()
     for name, sd in states.items():
         if name not in nets:
             raise CheckpointError(f"{where}: unknown network {name!r} (expected "

@@ -17,7 +17,6 @@ import math
 import os
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, explain
@@ -228,7 +227,8 @@ def _normalise_types(cfg: Config) -> None:
         elif kind == "int":
             if isinstance(value, numbers.Real) and not isinstance(value, (bool, numbers.Integral)):
                 ok = math.isfinite(value) and float(value).is_integer()
-                value = int(value) if ok else value
+                # typeshed's numbers.Real lacks __int__; float, Fraction and NumPy floats have it
+                value = int(value) if ok else value  # type: ignore[call-overload]
             ok = ok and isinstance(value, numbers.Integral) and not isinstance(value, bool)
             value = int(value) if ok else value
         elif kind == "float":
@@ -408,6 +408,7 @@ def coerce(key: str, raw: Any, default: Any) -> Any:
 
 
 def save_json(cfg: Config, path: PathLike) -> None:
-    import json
+    """Write ``cfg`` as indented UTF-8 JSON, atomically (:func:`hagan.fileio.write_json`)."""
+    from .fileio import write_json
 
-    Path(path).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    write_json(path, cfg.to_dict())

@@ -118,7 +118,7 @@ def load_template() -> tuple[np.ndarray, np.ndarray, tuple[int, int, int]]:
     t1_img, wm_img = nib.as_closest_canonical(t1_img), nib.as_closest_canonical(wm_img)
     t1 = np.asarray(t1_img.dataobj, dtype=np.float32)
     wm = np.asarray(wm_img.dataobj, dtype=np.float32)
-    return t1 / t1.max(), wm / wm.max(), tuple(t1_img.shape[:3])  # type: ignore[return-value]
+    return t1 / t1.max(), wm / wm.max(), tuple(t1_img.shape[:3])
 
 
 def shrink(volume: torch.Tensor, size: int) -> torch.Tensor:
@@ -152,7 +152,7 @@ def template_cube(size: int) -> TemplateCube:
     src_lo, src_hi = np.maximum(start, 0), np.minimum(start + side, shape)
     dst = tuple(slice(a - s, b - s) for a, b, s in zip(src_lo, src_hi, start))
     src = tuple(slice(a, b) for a, b in zip(src_lo, src_hi))
-    cube[(slice(None), *dst)] = np.stack([t1[src], wm[src]])
+    cube[(slice(None),) + dst] = np.stack([t1[src], wm[src]])
     width = work_size(size, side)
     t1_small, wm_small = shrink(torch.from_numpy(cube), width).numpy()
     t1_small[t1_small < BRAIN_THRESHOLD] = 0.0  # keep the background exactly 0 after smoothing

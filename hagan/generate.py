@@ -21,6 +21,7 @@ from .config import PRECISIONS, Config, PathLike
 from .data import save_nifti
 from .errors import ConfigError, DataError, RunError, explain
 from .fileio import atomic_target, lock_folder
+from .models import Generator
 from .runtime import autocast_context, resolve_device
 
 logger = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ def _labels_tensor(labels: int | Sequence[int] | torch.Tensor | None, n: int
 
 
 @torch.inference_mode()
-def sample(G: nn.Module, n: int, batch_size: int = 2, labels=None, seed: int | None = 0,
+def sample(G: Generator, n: int, batch_size: int = 2, labels=None, seed: int | None = 0,
            device: str | torch.device | None = None, precision: str = "fp32",
            progress: bool = False, z: torch.Tensor | None = None,
            chunk: int | None = 16) -> torch.Tensor:
@@ -100,7 +101,7 @@ def encode(E: nn.Module, SubE: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def reconstruct(G: nn.Module, E: nn.Module, SubE: nn.Module, x: torch.Tensor,
+def reconstruct(G: Generator, E: nn.Module, SubE: nn.Module, x: torch.Tensor,
                 labels=None) -> torch.Tensor:
     """Reconstruct real volumes through the encoders: x -> z -> G(z), both (B, 1, S, S, S)."""
     z = encode(E, SubE, x)
@@ -117,7 +118,7 @@ def slerp(z0: torch.Tensor, z1: torch.Tensor, t: float) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def interpolate(G: nn.Module, z0: torch.Tensor, z1: torch.Tensor, steps: int = 5,
+def interpolate(G: Generator, z0: torch.Tensor, z1: torch.Tensor, steps: int = 5,
                 labels=None, spherical: bool = True) -> torch.Tensor:
     """Volumes along the path from ``z0`` to ``z1`` (each (latent_dim,)): (steps, 1, S, S, S)."""
     if steps < 2:
@@ -257,9 +258,11 @@ def _complete(path: Path, size: int) -> bool:
     try:
         import nibabel as nib
         import numpy as np
+        from nibabel.spatialimages import SpatialImage
 
-        img = nib.load(str(path))
-        return tuple(img.shape) == (size,) * 3 and np.asanyarray(img.dataobj).size == size**3
+        img = nib.load(str(path))  # a NIfTI file loads as a SpatialImage (shape, dataobj)
+        return (isinstance(img, SpatialImage) and tuple(img.shape) == (size,) * 3
+                and np.asanyarray(img.dataobj).size == size**3)
     except Exception:  # noqa: BLE001 - any unreadable file is simply written again
         return False
 

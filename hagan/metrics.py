@@ -58,7 +58,7 @@ DATA_RANGE = 2.0  # kit volumes span [-1, 1]
 MS_SSIM_PAIRS = 100  # random pairs for the diversity score
 PERMUTATIONS = 200  # MMD permutation test draws (p-value resolution 1/201)
 MIN_REAL = 4  # two real halves of at least 2 volumes each (a covariance needs 2 rows)
-CACHE_DIRNAME = ".hagan_cache"  # default cache folder inside the prepared dataset
+CACHE_DIRNAME = ".hagan_cache"  # default cache folder, next to the report (--out)
 CACHE_VERSION = "hagan-kit real features v1"  # part of the cache key: bump when features change
 REPORT_KIND = "hagan-kit evaluation report"
 CLOSEST_LISTED = 3  # generated volumes nearest to a training volume, named in the report
@@ -422,7 +422,8 @@ def cache_key(extractor_name: str, weights_hash: str, size: int, data_hash: str)
 def _save_npz(path: Path, **arrays: np.ndarray) -> None:
     from .fileio import atomic_write
 
-    atomic_write(path, lambda fh: np.savez(fh, **arrays))
+    # numeric and str arrays only (no pickling; cached() reads with allow_pickle=False)
+    atomic_write(path, lambda fh: np.savez(fh, allow_pickle=False, **arrays))
 
 
 def cached(path: Path | None, key: str, compute: Callable[[], np.ndarray]) -> np.ndarray:
@@ -470,6 +471,16 @@ def real_features(extractor: FeatureExtractor, dataset: Any, root: PathLike, siz
     path = None if cache_dir is None else Path(cache_dir) / f"features_{key}.npz"
     feats = cached(path, key, lambda: extractor(dataset))
     return feats if len(feats) == len(dataset) else extractor(dataset)
+
+
+def default_cache_dir(out: PathLike | None, cache_dir: PathLike | None) -> Path | None:
+    """Folder of the real-feature cache: ``cache_dir`` if given, else ``.hagan_cache`` next to the
+    report ``out`` (inside the command's output folder), else None (no cache: evaluate writes
+    nothing outside its output). Keys (:func:`cache_key`) name extractor, weights, size and the
+    dataset's fingerprint, so one folder serves several datasets."""
+    if cache_dir is not None:
+        return Path(cache_dir)
+    return None if out is None else Path(out).parent / CACHE_DIRNAME
 
 
 def _check_request(n: int, extractor: str, weights: PathLike | None, out: PathLike | None,
@@ -661,7 +672,8 @@ def evaluate(checkpoint: PathLike, data: PathLike | None = None, extractor: str 
         weights: MedicalNet weights file, for ``medicalnet*`` only.
         n: Generated volumes.
         out: JSON report path (refused if it exists, unless ``force``).
-        cache_dir: Where real features are cached (default ``DATA/.hagan_cache``).
+        cache_dir: Where real features are cached (default: ``.hagan_cache`` next to ``out``;
+            no cache without ``out``: nothing outside the output folder is written).
         seed: Seed of latent draws, pairs, permutations (and of the stand-in half).
         heldout: Prepared dataset of volumes the model never saw (overrides the run's split).
         permutations: MMD permutation-test draws (0: no p-values).
@@ -686,8 +698,10 @@ def evaluate(checkpoint: PathLike, data: PathLike | None = None, extractor: str 
     ext = build_extractor(extractor, weights, models=nets, size=cfg.size, device=dev,
                           batch_size=batch_size, progress=progress)
 
-    def cache_for(root: PathLike) -> Path | None:
-        return None if not use_cache else Path(cache_dir or Path(root) / CACHE_DIRNAME)
+    cache = default_cache_dir(out, cache_dir) if use_cache else None
+
+    def cache_for(root: PathLike) -> Path | None:  # one folder: keys name the dataset
+        return cache
 
     memo: dict[Path, np.ndarray] = {}
     train_feats = _features_of(ext, ref.train, ref.train_files, cfg.size, cache_for, memo)
@@ -853,7 +867,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="write the JSON report here")
     p.add_argument("--force", action="store_true", help="overwrite an existing --out file")
     p.add_argument("--cache-dir", default=None,
-                   help="cache of real features (default DATA/.hagan_cache)")
+                   help="cache of real features (default: .hagan_cache next to --out; "
+                   "no cache without --out)")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of latents, pairs and permutations (default 0)")

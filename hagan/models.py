@@ -17,6 +17,8 @@ Dimensions are written (B, C, D, H, W); D is the axial (slab) axis.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Literal, overload
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -415,14 +417,35 @@ class SubEncoder(nn.Module):
         return self.out(h).flatten(1)  # (B, latent_dim); flatten so batch size 1 works
 
 
-def build_models(cfg: Config) -> dict[str, nn.Module]:
+class Networks(dict[str, nn.Module]):
+    """The kit's networks by name: ``G``, ``D``, ``E`` (E^H), ``SubE`` (E^G), or a subset.
+
+    At run time a dict with nothing added; for type checkers ``nets["G"]`` is a :class:`Generator`,
+    ``nets["D"]`` a :class:`Discriminator`, and so on (any other key: ``nn.Module``).
+    """
+
+    if TYPE_CHECKING:  # typed lookups only; no code of its own
+        @overload
+        def __getitem__(self, key: Literal["G"], /) -> Generator: ...
+        @overload
+        def __getitem__(self, key: Literal["D"], /) -> Discriminator: ...
+        @overload
+        def __getitem__(self, key: Literal["E"], /) -> Encoder: ...
+        @overload
+        def __getitem__(self, key: Literal["SubE"], /) -> SubEncoder: ...
+        @overload
+        def __getitem__(self, key: str, /) -> nn.Module: ...
+        def __getitem__(self, key: str, /) -> nn.Module: ...
+
+
+def build_models(cfg: Config) -> Networks:
     """All four networks of a config: ``{"G", "D", "E", "SubE"}``."""
-    return {
+    return Networks({
         "G": Generator(cfg),
         "D": Discriminator(cfg),
         "E": Encoder(cfg),
         "SubE": SubEncoder(cfg),
-    }
+    })
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -169,7 +169,7 @@ def run_all(out_dir: PathLike, work_dir: PathLike, smoke: bool,
     total = sum(r["seconds"] for r in results)
     print(f"all notebooks: {total:.1f} s ({total / 60:.1f} min); executed copies and HTML in {out}")
     (out / "timings.json").write_text(json.dumps({"mode": mode, "notebooks": results}, indent=2)
-                                      + "\n")
+                                      + "\n", encoding="utf-8")
     if failed:
         raise NotebookError(f"{len(failed)} notebook(s) failed:\n" + "\n".join(failed))
     return out

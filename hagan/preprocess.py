@@ -171,7 +171,7 @@ def _strip_suffix(name: str, suffixes: Sequence[str]) -> str:
 def _header_data_files(path: Path) -> list[str]:
     """The data file names a ``.mhd`` (ElementDataFile) or ``.nhdr`` (data file) header names."""
     try:
-        text = path.read_text(errors="replace")[:20000]
+        text = path.read_text(encoding="utf-8", errors="replace")[:20000]
     except OSError:
         return []
     names = []

@@ -148,7 +148,7 @@ def _memory_limit_mib(device: torch.device) -> float:
         free, _ = torch.cuda.mem_get_info(device)
         return free / 2 / MIB
     try:
-        with open("/proc/meminfo") as fh:
+        with open("/proc/meminfo", encoding="utf-8") as fh:
             info = dict(line.split(":", 1) for line in fh)
         return int(info["MemAvailable"].split()[0]) * 1024 / 2 / MIB
     except (OSError, KeyError, ValueError):

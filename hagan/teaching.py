@@ -236,9 +236,10 @@ def run_command(args: list[str], tail: int = 6, timeout: float = 600) -> str:
     import subprocess
 
     print("$ " + " ".join(shlex.quote(str(a)) for a in args))
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONIOENCODING": "utf-8"}  # a Python child writes what is decoded below
     proc = subprocess.run([str(a) for a in args], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+                          encoding="utf-8", errors="replace", timeout=timeout, env=env)
     output = (proc.stdout + proc.stderr).strip()
     if proc.returncode != 0:
         raise RuntimeError(f"command failed with exit code {proc.returncode}: "

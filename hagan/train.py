@@ -29,10 +29,10 @@ import random
 import signal
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Sequence, Sized
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -47,13 +47,13 @@ from .config import SLAB_FRACTION, Config, PathLike, from_dict, parse_overrides,
 from .data import DataSplit, InfiniteSampler, PreparedDataset
 from .errors import CheckpointError, ConfigError, RunError, explain
 from .fileio import lock_folder, write_json
-from .models import build_models
+from .models import Networks, build_models
 from .runtime import autocast_context, init_distributed, resolve_device, shutdown_distributed
 
 logger = logging.getLogger(__name__)
 
 # Config keys that define the networks: a resumed run must keep them.
-ARCHITECTURE_KEYS = ("size", "width", "latent_dim", "num_classes")
+ARCHITECTURE_KEYS = ("size", "width", "latent_dim", "num_classes", "low_res_critic")
 DIVERSITY_SAMPLES = 8  # volumes generated from fixed latents for the collapse watch
 
 
@@ -135,6 +135,7 @@ class Trainer:
         self._verified: set[Path] = set(scan.good)
         self._resumed_from = found[0] if found else None
         if state is not None:
+            assert found is not None  # state is found[1]: for the type checker
             cfg = _merge_resumed_config(_saved_config(state, found[0]), cfg)
             ckpt.check_training_state(state, found[0])  # names a missing part, e.g. optimizers
         if dataset is None:
@@ -144,7 +145,8 @@ class Trainer:
         nets = build_models(cfg)
         memory_format = torch.channels_last_3d if cfg.channels_last else torch.preserve_format
         for net in nets.values():
-            net.to(self.device, memory_format=memory_format)
+            # Module.to(memory_format=) exists at run time; torch's overload stubs omit it
+            net.to(self.device, memory_format=memory_format)  # type: ignore[call-overload]
         self.G, self.D, self.E, self.SubE = nets["G"], nets["D"], nets["E"], nets["SubE"]
         # The four G passes of an iteration see the same weights, so they can share their
         # transformed upsampling kernels (hagan.upsample.UpsampleConv3d notices weight changes).
@@ -153,7 +155,7 @@ class Trainer:
         # Fused Adam: one pass over each tensor instead of one per arithmetic op, the same update
         # to rounding, and much faster (benchmarks/RESULTS.md). Kernels: CUDA and CPU.
         self._fused_adam = self.device.type in ("cuda", "cpu")
-        adam = {"betas": (cfg.beta1, cfg.beta2), "fused": self._fused_adam}
+        adam: dict[str, Any] = {"betas": (cfg.beta1, cfg.beta2), "fused": self._fused_adam}
         self.opt = {
             "G": torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g, **adam),
             "D": torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, **adam),
@@ -166,6 +168,7 @@ class Trainer:
         self.rng = torch.Generator().manual_seed(cfg.seed + 1000 * self.rank)
         self.step_num = 0
         if state is not None:
+            assert found is not None  # state is found[1]: for the type checker
             self._load_state(state, found[0])
             if self.is_main:
                 logger.info("resuming from %s (iteration %d)", found[0], self.step_num)
@@ -173,15 +176,17 @@ class Trainer:
 
         # Networks called by the update that trains them go through DDP; the frozen ones are
         # called directly (``self.nets``), so each DDP wrapper sees one forward per backward.
-        self.nets = {"G": self.G, "D": self.D, "E": self.E, "SubE": self.SubE}
-        self.train_nets = dict(self.nets)
+        self.nets = Networks({"G": self.G, "D": self.D, "E": self.E, "SubE": self.SubE})
+        self.train_nets: dict[str, nn.Module] = dict(self.nets)
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_nets = {k: DDP(v, device_ids=ids) for k, v in self.nets.items()}
         if cfg.compile:
-            self.train_nets = {k: torch.compile(v) for k, v in self.train_nets.items()}
+            # torch.compile of a Module returns an OptimizedModule (a Module); its stub: Callable
+            self.train_nets = {k: cast(nn.Module, torch.compile(v))
+                               for k, v in self.train_nets.items()}
 
         # Training on cfg.data: the train split only; the held-out volumes are recorded in the
         # run folder (split.json) for `hagan evaluate`. A given dataset is used whole.
@@ -274,6 +279,7 @@ class Trainer:
         loss_d_fake = F.binary_cross_entropy_with_logits(fake_logit.float(), zeros)
         loss_d = loss_d_real + loss_d_fake
         if real_cls is not None:  # AC-GAN term on real volumes only, weight 1
+            assert y is not None, "a conditional model is trained with labels y"
             loss_d = loss_d + F.cross_entropy(real_cls.float(), y)
         self._update("D", loss_d)
 
@@ -286,6 +292,7 @@ class Trainer:
                 logit, cls = nets["D"](*self.d_view(fake_slab, fake_low, 2 + k), c_d)
             loss_g = F.binary_cross_entropy_with_logits(logit.float(), ones)
             if cls is not None:
+                assert y is not None, "a conditional model is trained with labels y"
                 loss_g = loss_g + cfg.lambda_class * F.cross_entropy(cls.float(), y)
             self._update("G", loss_g)
 
@@ -347,6 +354,7 @@ class Trainer:
                 if feats is None:
                     feats = part.new_empty(B, part.shape[1], f, f, f)
                 feats[:, :, i * part.shape[2]:(i + 1) * part.shape[2]] = part
+            assert feats is not None  # set by the first of the 8 slabs
             return feats
         slabs = x.reshape(B, 1, n, d, S, S).transpose(1, 2).reshape(B * n, 1, d, S, S)
         feats = E(slabs)  # (8B, 64, S/32, S/4, S/4)
@@ -365,7 +373,8 @@ class Trainer:
     def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
         """Endless batches, starting where the (resumed) run left off."""
         cfg = self.cfg
-        sampler = InfiniteSampler(len(self.dataset), seed=cfg.seed,
+        # a map-style dataset has __len__; torch's Dataset type does not declare it
+        sampler = InfiniteSampler(len(cast(Sized, self.dataset)), seed=cfg.seed,
                                   start=self.step_num * cfg.batch_size, rank=self.rank,
                                   world_size=self.world)
         loader = DataLoader(self.dataset, batch_size=cfg.batch_size, sampler=sampler,
@@ -481,7 +490,8 @@ class Trainer:
 
     # --- state ----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        np_state = np.random.get_state()
+        # the global MT19937's legacy state: (name, keys, pos, has_gauss, cached_gaussian)
+        np_state = cast(tuple[Any, ...], np.random.get_state())
         return {
             "config": self.cfg.to_dict(),
             "step": self.step_num,
@@ -580,7 +590,7 @@ class Trainer:
         cfg, n = self.cfg, DIVERSITY_SAMPLES
         all_pairs = n * (n - 1) // 2
         if self._real_diversity is None:
-            items = [self.dataset[i] for i in range(min(n, len(self.dataset)))]
+            items = [self.dataset[i] for i in range(min(n, len(cast(Sized, self.dataset))))]
             real = torch.stack([v[0] if isinstance(v, (list, tuple)) else v for v in items])
             self._real_diversity = diversity(real.float(), n_pairs=all_pairs)
         labels = [i % cfg.num_classes for i in range(n)] if cfg.num_classes else None

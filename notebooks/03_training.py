@@ -192,10 +192,12 @@ print("verdict: " + ("MODE COLLAPSE: the samples are far more alike than real vo
 # %% [markdown]
 # What to do about collapse: more and more varied training volumes; **augmentation that the
 # discriminator sees**, for real and generated volumes alike (`d_augment=true`, DiffAugment,
-# `hagan/augment.py`), so D cannot memorise a few dozen volumes; a lower learning rate for D or
-# a regulariser; and more iterations, watching this curve rather than the losses. Collapse early
-# in training often recovers; a curve that climbs and stays near 1 does not. Augmenting only the
-# real volumes (`augment=true`) does not prevent it: G then learns to make augmented volumes.
+# `hagan/augment.py`), so D cannot memorise a few dozen volumes; a regulariser or a smaller
+# learning rate for D; more iterations, watching this curve rather than the losses. None of
+# these is guaranteed: on the demo cohort, `d_augment` delayed the collapse of a 200-iteration
+# tiny32 run but did not prevent it (`docs/teaching.md` has the numbers). Augmenting only the
+# real volumes (`augment=true`) adds variety, but D then learns the augmented distribution and
+# so does G (Zhao et al., NeurIPS 2020, call this leaking).
 
 # %% [markdown]
 # ## Exercises

@@ -29,7 +29,7 @@ def volumes(root):
 
 
 def manifest(root):
-    with open(root / "manifest.csv", newline="") as fh:
+    with open(root / "manifest.csv", newline="", encoding="utf-8") as fh:
         return list(csv.DictReader(fh))
 
 

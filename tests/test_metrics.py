@@ -344,6 +344,14 @@ def test_cached_values_are_reused_and_stale_keys_recomputed(tmp_path):
     assert len(calls) == 2
 
 
+def test_default_cache_lives_in_the_output_folder_only(tmp_path):
+    # house rule: evaluate writes nothing outside its output folder (not into DATA/)
+    out = tmp_path / "reports" / "r.json"
+    assert metrics.default_cache_dir(out, None) == tmp_path / "reports" / metrics.CACHE_DIRNAME
+    assert metrics.default_cache_dir(None, None) is None  # no --out: no cache at all
+    assert metrics.default_cache_dir(out, tmp_path / "c") == tmp_path / "c"
+
+
 # --- analysis: embeddings and traversals ----------------------------------------------------------
 @pytest.mark.parametrize("method", ["pca", "mds"])
 def test_plot_embedding_has_title_labels_legend_and_ellipses(method):
@@ -415,11 +423,15 @@ def test_evaluate_end_to_end_on_tiny32(tiny_run, extractor):
                m["ms_ssim"]["generated"], m["ms_ssim"]["real"]]
     assert all(np.isfinite(numbers))
     assert m["ms_ssim"]["scales"] == 2 and len(m["memorisation"]["closest"]) == 3
-    cache_files = sorted((data / metrics.CACHE_DIRNAME).glob("features_*.npz"))
+    # the cache lives next to the report; the dataset folder is never written to
+    assert not (data / metrics.CACHE_DIRNAME).exists()
+    cache_files = sorted((root / metrics.CACHE_DIRNAME).glob("features_*.npz"))
     assert cache_files  # a second run reads the same real features back
     again = metrics.evaluate(ckpt, data, extractor=extractor, n=6, seed=0, device="cpu",
-                             progress=False, permutations=20, n_pairs=6)
+                             progress=False, permutations=20, n_pairs=6,
+                             cache_dir=root / metrics.CACHE_DIRNAME)
     assert again["metrics"]["fid"] == m["fid"]
+    assert sorted((root / metrics.CACHE_DIRNAME).glob("features_*.npz")) == cache_files
     with pytest.raises(RunError, match="--force"):
         metrics.evaluate(ckpt, data, extractor=extractor, n=6, out=out)
 

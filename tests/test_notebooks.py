@@ -30,12 +30,12 @@ MAX_OUTPUT_LINES = 100  # house style (as MONAI's NB_OUTPUT_LINE_CAP)
 def _pyproject() -> dict:
     tomllib = pytest.importorskip("tomllib") if sys.version_info >= (3, 11) else \
         pytest.importorskip("tomli")
-    return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    return tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
 
 
 # The repository URL is written once, in pyproject.toml's [project.urls]; everything else derives.
 # (Read with a regex so that these module constants need no TOML parser on Python 3.10.)
-_TOML = (REPO / "pyproject.toml").read_text()
+_TOML = (REPO / "pyproject.toml").read_text(encoding="utf-8")
 REPO_URL = re.search(r'^\[project\.urls\][^\[]*?^Repository = "([^"]+)"', _TOML, re.M | re.S)[1]
 SLUG = REPO_URL.removeprefix("https://github.com/")  # owner/name
 VERSION = re.search(r'^version = "([^"]+)"', _TOML, re.M)[1]
@@ -233,15 +233,15 @@ def test_binder_and_environment_list_the_pyproject_dependencies():
     import yaml
 
     expected = _pyproject_requirements()
-    binder = [ln for ln in (REPO / "binder" / "requirements.txt").read_text().splitlines()
-              if ln.strip() and not ln.startswith(("#", "-", "."))]
+    binder = [ln for ln in (REPO / "binder" / "requirements.txt").read_text(encoding="utf-8")
+              .splitlines() if ln.strip() and not ln.startswith(("#", "-", "."))]
     assert {_name(r): _spec(r) for r in binder} == expected, "binder/requirements.txt"
-    env = yaml.safe_load((REPO / "environment.yml").read_text())
+    env = yaml.safe_load((REPO / "environment.yml").read_text(encoding="utf-8"))
     conda = [d for d in env["dependencies"] if isinstance(d, str)]
     listed = {CONDA_TO_PIP.get(_name(d), _name(d)): _spec(d) for d in conda
               if _name(d) not in ("python", "pip")}
     assert listed == expected, "environment.yml"
-    postbuild = (REPO / "binder" / "postBuild").read_text()
+    postbuild = (REPO / "binder" / "postBuild").read_text(encoding="utf-8")
     assert "pip install" in postbuild and "demo-data" in postbuild
 
 

@@ -38,12 +38,12 @@ def run(src: Path, out: Path, **kwargs):
 
 
 def manifest(out: Path) -> list[dict[str, str]]:
-    with open(out / "manifest.csv", newline="") as fh:
+    with open(out / "manifest.csv", newline="", encoding="utf-8") as fh:
         return list(csv.DictReader(fh))
 
 
 def report_rows(out: Path) -> dict[str, str]:
-    with open(out / "report.csv", newline="") as fh:
+    with open(out / "report.csv", newline="", encoding="utf-8") as fh:
         return {row["input"]: row["reason"] for row in csv.DictReader(fh)}
 
 

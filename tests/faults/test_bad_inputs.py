@@ -272,6 +272,11 @@ CASES = [
                                                          t / "run", "--set", "num_classes=3"),
          "num_classes: checkpoint 2 vs requested 3",
          sentinel=lambda w, t: _run_with(w, t, "ckpt_c2")),
+    Case("train-run-holds-other-critic", lambda w, t: P(*TRAIN, "--data", w["data"], "--out",
+                                                        t / "run", "--set",
+                                                        "low_res_critic=false"),
+         "low_res_critic: checkpoint True vs requested False",
+         sentinel=lambda w, t: _run_with(w, t, "ckpt")),
     # (--fresh over checkpoints is no bad input: it moves them aside, see test_run_integrity.py)
     Case("train-bad-set-keeps-run", lambda w, t: P(*TRAIN, "--data", w["data"], "--out",
                                                    t / "run", "--set", "log_every=0"),
