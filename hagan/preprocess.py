@@ -66,7 +66,7 @@ logger = logging.getLogger(__name__)
 
 PIPELINE_VERSION = 1  # part of every file's key: bump it when the pipeline's output changes
 CT_WINDOW = (-1024.0, 600.0)  # HU window of the published preprocess.py (COPDGene)
-MRI_PERCENTILES = (0.5, 99.5)  # nnU-Net's intensity cut-offs, as in tio.RescaleIntensity's docs
+MRI_PERCENTILES = (0.5, 99.5)  # the percentiles nnU-Net clips CT at (it z-scores MRI instead)
 FILE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".mgz", ".mgh")
 # read through nibabel only: MINC, PAR/REC, Analyze/NIfTI pairs, AFNI, ECAT
 NIBABEL_ONLY = (".mnc", ".par", ".hdr", ".head", ".v")
@@ -976,7 +976,8 @@ def preprocess(input_dir: PathLike, out_dir: PathLike, size: int, modality: str 
         modality: ``"ct"`` (HU window) or ``"mri"`` (percentile scaling).
         window: ``(low, high)`` intensity window mapped to [-1, 1]; default [-1024, 600] HU for CT
             (the published value); for MRI it replaces the percentiles.
-        percentiles: MRI cut-offs mapped to -1 and 1 (default (0.5, 99.5), as nnU-Net).
+        percentiles: MRI cut-offs mapped to -1 and 1 (default (0.5, 99.5), the
+            percentiles nnU-Net clips CT at; nnU-Net itself z-scores MRI).
         spacing: Resample to this isotropic voxel size in mm first (None keeps the voxels).
         trim: Drop blank axial slices (entirely at the bottom of the window) at both ends.
         labels: CSV mapping file name or subject id to a label (strings allowed).
