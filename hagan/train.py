@@ -150,7 +150,11 @@ class Trainer:
         self.G, self.D, self.E, self.SubE = nets["G"], nets["D"], nets["E"], nets["SubE"]
         # The four G passes of an iteration see the same weights, so they can share their
         # transformed upsampling kernels (hagan.upsample.UpsampleConv3d notices weight changes).
-        self.G.cache_upsample_kernels()
+        # CPU only: there the transform of a 512x512 kernel costs tens of ms; on CUDA it is a few
+        # small kernels, and the cache's exact change check (torch.equal) would synchronise the
+        # GPU on every upsampling layer. Exact either way: the numbers do not depend on it.
+        if self.device.type == "cpu":
+            self.G.cache_upsample_kernels()
 
         # Fused Adam: one pass over each tensor instead of one per arithmetic op, the same update
         # to rounding, and much faster (benchmarks/RESULTS.md). Kernels: CUDA and CPU.
