@@ -24,6 +24,7 @@ import time
 
 import torch
 
+from .cliargs import non_negative_int, positive_int
 from .config import PRECISIONS, preset
 from .runtime import DTYPES, autocast_context, resolve_device
 
@@ -222,19 +223,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="time one training iteration or one full-volume generation "
                         "(default train)")
     p.add_argument("--preset", default="tiny32", help="model preset (default tiny32)")
-    p.add_argument("--batch-size", type=int, default=2,
+    p.add_argument("--batch-size", type=positive_int, default=2,
                    help="volumes per iteration for --mode train (default 2)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
-    p.add_argument("--iters", type=int, default=3,
+    p.add_argument("--iters", type=positive_int, default=3,
                    help="timed iterations, the median is reported (default 3)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed warm-up iterations (default 1)")
+    p.add_argument("--warmup", type=non_negative_int, default=1,
+                   help="untimed warm-up iterations (default 1)")
     p.add_argument("--precision", default="fp32", choices=PRECISIONS,
                    help="autocast precision (default fp32)")
     p.add_argument("--channels-last", action="store_true",
                    help="channels-last 3D memory format (helps on GPU)")
     p.add_argument("--compile", action="store_true", help="wrap the networks in torch.compile")
     p.add_argument("--no-flops", action="store_true", help="skip the FLOP count")
-    p.add_argument("--chunk", type=int, default=16,
+    p.add_argument("--chunk", type=non_negative_int, default=16,
                    help="--mode generate: G^H feature slices at a time (0: one pass)")
     p.add_argument("--json", action="store_true",
                    help="print one JSON line (unrounded numbers) instead of the table")

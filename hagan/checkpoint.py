@@ -27,7 +27,7 @@ from torch import nn
 
 from .config import Config, PathLike, from_dict
 from .data import SPLIT_SEED, DataSplit, PreparedDataset, make_split
-from .errors import CheckpointError, RunError
+from .errors import CheckpointError, HaganError, RunError
 from .fileio import (
     atomic_write,
     atomic_write_text,
@@ -235,9 +235,46 @@ def move_previous_run(run_dir: PathLike) -> Path | None:
             entry.rename(target / entry.name)
     except OSError as exc:
         raise named_os_error(exc, target) from None
-    logger.warning("fresh start: moved the earlier run's %s to %s",
+    logger.warning("fresh start: moved the folder's earlier %s to %s",
                    ", ".join(p.name for p in present), target)
     return target
+
+
+def _is_kit_config(path: Path) -> bool:
+    """True when ``path`` is a config.json the kit wrote (every key a Config field, with the
+    preset, size and iterations present, and valid values)."""
+    try:
+        values = read_json(path)
+        if not isinstance(values, dict) or not {"preset", "size", "iterations"} <= set(values):
+            return False
+        from_dict(values)
+    except (OSError, ValueError, TypeError, HaganError):
+        return False
+    return True
+
+
+def check_run_folder(run_dir: PathLike) -> None:
+    """Refuse to start or resume a run in a non-empty folder that is not recognisably a kit run
+    folder (no kit checkpoint under ``checkpoints/`` and no kit ``config.json``): a fresh
+    start would move the user's own ``checkpoints/`` or ``config.json`` aside. The folder's lock
+    files and ``previous-*`` folders do not count. An absent or empty folder passes.
+
+    Raises:
+        RunError: the folder holds other files; nothing was changed (``--fresh`` overrides).
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return
+    entries = sorted(e.name for e in run_dir.iterdir()
+                     if not e.name.startswith((".hagan.lock", "previous-")))
+    if not entries or list_checkpoints(run_dir) or _is_kit_config(run_dir / "config.json"):
+        return
+    shown = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
+    raise RunError(f"--out {run_dir}: expected an empty folder or a hagan run folder, found "
+                   f"other files ({shown}; no kit checkpoint or kit config.json). Nothing was "
+                   "changed. Choose a new or empty --out folder, or pass --fresh to start a run "
+                   "here anyway (checkpoints/, config.json, metrics.jsonl, split.json and tb/ "
+                   "are then moved to previous-DATE-TIME/, never deleted).")
 
 
 def is_dataset_folder(path: PathLike) -> bool:
@@ -257,7 +294,35 @@ def data_record(root: PathLike) -> dict[str, Any]:
         info = {}
     if not isinstance(info, dict):
         info = {}
-    return {"path": str(path), **{k: info.get(k) for k in DATA_KEYS}}
+    names = info.get("label_names")
+    return {"path": str(path), **{k: info.get(k) for k in DATA_KEYS},
+            "label_names": [str(n) for n in names] if isinstance(names, list) else None}
+
+
+def label_names(source: PathLike) -> list[str]:
+    """The label names of the data a checkpoint was trained on (class index = position):
+    recorded in the checkpoint, else read from its recorded dataset's ``dataset.json``;
+    [] when neither is known. For messages only: never raises on a missing or bad file."""
+    try:
+        data = load_checkpoint(source, mmap=True).get("data")
+    except (OSError, HaganError):
+        return []
+    data = data if isinstance(data, dict) else {}
+    names = data.get("label_names")
+    if names is None and data.get("path"):
+        try:
+            info = read_json(Path(data["path"]) / "dataset.json")
+            names = info.get("label_names") if isinstance(info, dict) else None
+        except (OSError, ValueError):
+            names = None
+    return [str(n) for n in names] if isinstance(names, list) else []
+
+
+def label_map_text(names: list[str]) -> str:
+    """``"label -> class index: a=0, b=1"`` for messages; "" without names."""
+    if not names:
+        return ""
+    return "label -> class index: " + ", ".join(f"{n}={i}" for i, n in enumerate(names))
 
 
 def run_data_geometry(state: dict[str, Any]) -> dict[str, Any]:

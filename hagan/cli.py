@@ -5,9 +5,11 @@ Each subcommand lives in the module that does the work, which provides two funct
 ``add_arguments(parser)`` and ``main(args) -> int``. Errors a user can cause (missing data, a
 wrong size, an unknown preset or key, a bad checkpoint) print one line and exit non-zero.
 
-One flag style for every subcommand: the output is ``--out``, a count is ``--n``, a batch size
-``--batch-size``, a device ``--device`` (default ``auto``), a precision ``--precision`` (one of
-``hagan.config.PRECISIONS``); every option has help text. ``tests/test_cli.py`` checks this.
+One flag style for every subcommand: where a subcommand has these settings, the output is
+``--out``, a count is ``--n``, a batch size ``--batch-size``, a device ``--device`` (default
+``auto``), a precision ``--precision`` (one of ``hagan.config.PRECISIONS``); ``train`` takes its
+settings as config fields (``--set KEY=VALUE``); every option has help text; ``-v`` goes before or
+after the subcommand. ``tests/test_cli.py`` checks this.
 """
 
 from __future__ import annotations
@@ -75,6 +77,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
             p.set_defaults(_import_error=str(exc))
             continue
         mod.add_arguments(p)
+        # -v also after the subcommand (`hagan generate ... -v`); SUPPRESS keeps a -v given
+        # before the subcommand when it is not repeated after it
+        p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                       help="debug logging (also accepted before the subcommand)")
         p.set_defaults(_module=module)
     return parser
 
@@ -86,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(message)s")
+    logging.getLogger("filelock").setLevel(logging.WARNING)  # its acquire/release chatter
     if not args.command:
         parser.print_help()
         return 2

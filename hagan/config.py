@@ -380,6 +380,9 @@ def parse_overrides(pairs: list[str], base: Config) -> Config:
         key = key.strip()
         if key not in defaults:
             raise _unknown_key(key, defaults)
+        if key == "preset":  # a label of the model built from the preset, not a setting
+            raise ConfigError(explain("--set preset", "a config field other than preset",
+                                      repr(pair), "Choose the preset with --preset NAME."))
         changes[key] = coerce(key, raw, defaults[key])
     return base.replace(**changes)
 

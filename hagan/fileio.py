@@ -197,7 +197,7 @@ def load_weights_only(path: PathLike, what: str = "file",
         raise CheckpointError(f"{what} {path} does not exist")
     size = path.stat().st_size
     if size == 0:
-        raise CheckpointError(f"{what} {path} is empty (0 bytes): its write was interrupted")
+        raise CheckpointError(f"{what} {path} is empty (0 bytes); use another copy")
     with open(path, "rb") as fh:
         magic = fh.read(4)
     if magic[:2] != b"PK":  # torch.save writes a zip archive
@@ -240,10 +240,11 @@ class OutputLock:
     or use it as a context manager. Re-entrant within one process (a command's ``main`` and
     the function it calls may both take it)."""
 
-    def __init__(self, lock_path: Path, target: Path, command: str) -> None:
+    def __init__(self, lock_path: Path, target: Path, command: str,
+                 remove: bool = False) -> None:
         self.lock_path, self.target, self.command = lock_path, target, command
         self._released = False
-        _acquire(lock_path, target, command)
+        _acquire(lock_path, target, command, remove)
 
     def release(self) -> None:
         if not self._released:
@@ -277,20 +278,36 @@ def lock_folder(folder: PathLike, command: str) -> OutputLock:
 
 def lock_file(path: PathLike, command: str) -> OutputLock:
     """Like :func:`lock_folder` for a single output file: the lock is ``.<name>.hagan.lock``
-    beside it (e.g. ``hagan evaluate --out report.json``)."""
+    beside it (e.g. ``hagan evaluate --out report.json``), removed again on release (while it
+    is still held, so no other process can hold it then; a process that locks a removed lock
+    file sees that its file is gone and reports the output as in use)."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise named_os_error(exc, path.parent) from None
-    return OutputLock(path.with_name(f".{path.name}{LOCK_NAME}"), path, command)
+    return OutputLock(path.with_name(f".{path.name}{LOCK_NAME}"), path, command, remove=True)
 
 
 def _holder_path(lock_path: Path) -> Path:
     return lock_path.with_name(lock_path.name + HOLDER_SUFFIX)
 
 
-def _acquire(lock_path: Path, target: Path, command: str) -> None:
+def _locked_inode_is_current(lock: Any, lock_path: Path) -> bool | None:
+    """Whether the file ``lock`` holds is still the one named ``lock_path`` (``False``: it was
+    removed by its previous holder after we opened it); ``None`` when this filelock version
+    does not tell which file descriptor it holds."""
+    fd = getattr(getattr(lock, "_context", None), "lock_file_fd", None)
+    if not isinstance(fd, int):
+        return None
+    try:
+        held, named = os.fstat(fd), os.stat(lock_path)
+    except OSError:
+        return False
+    return (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino)
+
+
+def _acquire(lock_path: Path, target: Path, command: str, remove: bool = False) -> None:
     import socket
     import time
 
@@ -311,7 +328,12 @@ def _acquire(lock_path: Path, target: Path, command: str) -> None:
                            "; wait for it to finish or stop it, or choose another output") from None
         except OSError as exc:
             raise named_os_error(exc, lock_path) from None
-        _held[key] = [lock, 1]
+        current = _locked_inode_is_current(lock, lock_path) if remove else None
+        if current is False:  # the previous holder removed this file as we opened it
+            lock.release()
+            raise RunError(f"{target} is in use by another process (it has just finished); "
+                           "run the command again")
+        _held[key] = [lock, 1, bool(current)]  # remove the lock file on release only when safe
     try:
         write_json(_holder_path(lock_path), {"pid": os.getpid(), "command": command,
                                              "host": socket.gethostname(),
@@ -333,6 +355,8 @@ def _release(lock_path: Path) -> None:
         del _held[key]
     try:
         _holder_path(lock_path).unlink(missing_ok=True)
+        if entry[2]:  # a file-level lock: remove it while still held (nobody else holds it)
+            lock_path.unlink(missing_ok=True)
     except OSError:
         pass
     entry[0].release()
@@ -361,3 +385,71 @@ def set_aside(path: PathLike, tag: str) -> Path:
     except OSError as exc:
         raise named_os_error(exc, path) from None
     return new
+
+
+# --- where outputs may go ----------------------------------------------------------------------
+DATASET_MARKERS = ("dataset.json", "manifest.csv")  # a folder holding both is a prepared dataset
+
+
+def dataset_root_of(path: PathLike) -> Path | None:
+    """The prepared dataset folder (one holding both ``dataset.json`` and ``manifest.csv``)
+    that ``path`` is, or lies inside; ``None`` when there is none. Follows symbolic links and
+    ``..`` (the path need not exist yet)."""
+    p = Path(path).expanduser().resolve()
+    for folder in (p, *p.parents):
+        try:
+            if all((folder / name).is_file() for name in DATASET_MARKERS):
+                return folder
+        except OSError:  # an unreadable ancestor: it cannot be checked, go on upwards
+            continue
+    return None
+
+
+def check_output_outside_dataset(out: PathLike, what: str,
+                                 inputs: tuple[PathLike | None, ...] = ()) -> None:
+    """Refuse an output path that lies inside a prepared dataset, or that is one of the
+    command's own input files (``inputs``): writing there would change or destroy data the
+    kit does not own.
+
+    Args:
+        out: the output file or folder a command is about to write (need not exist).
+        what: what it is, for the message (e.g. ``"hagan generate --out"``).
+        inputs: files or folders the command reads (``None`` entries are skipped); ``out``
+            may not be one of them.
+
+    Raises:
+        RunError: ``out`` is inside a prepared dataset, or is one of ``inputs``.
+    """
+    from .errors import RunError
+
+    root = dataset_root_of(out)
+    if root is not None:
+        raise RunError(f"{what} {out} is inside the prepared dataset {root} (it holds "
+                       "dataset.json and manifest.csv); the kit never writes into a dataset. "
+                       "Choose an output outside it.")
+    resolved = Path(out).expanduser().resolve()
+    for src in inputs:
+        if src is None:
+            continue
+        s = Path(src).expanduser().resolve()
+        if resolved == s:
+            raise RunError(f"{what} {out} is the command's own input {src}; writing there would "
+                           "destroy it. Choose another output.")
+
+
+def check_output_file(out: str | PathLike, what: str) -> Path:
+    """Refuse an output *file* path that ends in a path separator or names an existing folder
+    (writing would otherwise make a file with the folder's name, or fail late). Returns it as
+    a :class:`Path`.
+
+    Raises:
+        RunError: the path ends in a separator or is an existing folder.
+    """
+    from .errors import RunError
+
+    text = os.fspath(out)
+    seps = (os.sep,) + ((os.altsep,) if os.altsep else ())
+    if text.endswith(seps) or Path(text).is_dir():
+        raise RunError(f"{what} {text} names a folder; it must be a file name "
+                       "(e.g. report.json).")
+    return Path(text)

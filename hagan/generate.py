@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from .cliargs import non_negative_int, positive_float, positive_int
 from .config import PRECISIONS, Config, PathLike
 from .data import save_nifti
 from .errors import ConfigError, DataError, RunError, explain
-from .fileio import atomic_target, lock_folder
+from .fileio import atomic_target, check_output_outside_dataset, lock_folder
 from .models import Generator
 from .runtime import autocast_context, resolve_device
 
@@ -132,21 +134,35 @@ def interpolate(G: Generator, z0: torch.Tensor, z1: torch.Tensor, steps: int = 5
 # --- CLI: hagan generate CKPT --n N --out DIR [--label L] -------------------------------------
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="checkpoint file or run folder (newest checkpoint)")
-    p.add_argument("--n", type=int, default=4, help="number of volumes (default 4)")
+    p.add_argument("--n", type=positive_int, default=4, help="number of volumes (default 4)")
     p.add_argument("--out", required=True, help="output folder for sample_XXXX.nii.gz")
     p.add_argument("--label", type=int, default=None,
-                   help="class index for a conditional model (required there)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the latent draws (default 0)")
-    p.add_argument("--batch-size", type=int, default=1, help="volumes per forward pass")
+                   help="class index for a conditional model (required there): the position "
+                   "of the label in the run's dataset.json label_names, not the label itself "
+                   "(a wrong value prints the label -> index map)")
+    p.add_argument("--seed", type=non_negative_int, default=0,
+                   help="seed of the latent draws (default 0)")
+    p.add_argument("--batch-size", type=positive_int, default=1, help="volumes per forward pass")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--precision", default="fp32", choices=PRECISIONS,
                    help="autocast precision (default fp32)")
-    p.add_argument("--spacing", type=float, nargs=3, metavar=("Z", "Y", "X"), default=None,
+    p.add_argument("--spacing", type=positive_float, nargs=3, metavar=("Z", "Y", "X"), default=None,
                    help="voxel size in mm (default: the training data's, from its dataset.json; "
                    "required when it cannot be found)")
     p.add_argument("--force", action="store_true",
-                   help="write every sample again, replacing existing files (default: complete "
+                   help="write every sample again; the samples already in --out (and their "
+                   "generate.json) are first moved to --out/previous-<time>/ (default: complete "
                    "an interrupted run of the same request, skipping the files it finished)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="hide the progress bar (hidden anyway when stderr is not a terminal)")
+
+
+def _label_map_hint(source) -> str:
+    """``" (label -> class index: a=0, ...)"`` when the run knows its label names, else ""."""
+    from .checkpoint import label_map_text, label_names
+
+    text = label_map_text(label_names(source))
+    return f" ({text})" if text else ""
 
 
 REQUEST_FILE = "generate.json"  # in --out: what the samples there were generated from
@@ -164,14 +180,16 @@ def main(args: argparse.Namespace) -> int:
     if cfg.num_classes and args.label is None:
         raise ConfigError(explain("--label", f"a class index 0..{cfg.num_classes - 1} (this "
                                   f"model is conditional, {cfg.num_classes} classes)", "none",
-                                  f"Pass --label 0..{cfg.num_classes - 1}."))
+                                  f"Pass --label 0..{cfg.num_classes - 1}."
+                                  + _label_map_hint(source)))
     if not cfg.num_classes and args.label is not None:
         raise ConfigError(explain("--label", "no label (this model is unconditional)",
                                   f"--label {args.label}", "Leave --label out."))
     if cfg.num_classes and not 0 <= args.label < cfg.num_classes:
         raise ConfigError(explain("--label", f"a class index 0..{cfg.num_classes - 1}",
                                   f"--label {args.label} (out of range)",
-                                  f"Pass --label 0..{cfg.num_classes - 1}."))
+                                  f"Pass --label 0..{cfg.num_classes - 1}."
+                                  + _label_map_hint(source)))
     if args.n < 1 or args.batch_size < 1:
         raise ConfigError(explain("--n and --batch-size", "values >= 1",
                                   f"{args.n} and {args.batch_size}"))
@@ -179,6 +197,7 @@ def main(args: argparse.Namespace) -> int:
     if settings is None:
         settings = output_settings(source, cfg, args.spacing)
     out = Path(args.out)
+    check_output_outside_dataset(out, "--out", inputs=(args.checkpoint, source))
     with lock_folder(out, "hagan generate"):
         todo = _samples_to_write(out, _request(args, cfg, source), args.n, cfg.size, args.force)
         if not todo:
@@ -191,7 +210,8 @@ def main(args: argparse.Namespace) -> int:
                         generator=torch.Generator().manual_seed(args.seed))
         from tqdm import tqdm
 
-        bar = tqdm(total=len(todo), desc="generate", unit="vol", disable=None)  # None: TTY only
+        bar = tqdm(total=len(todo), desc="generate", unit="vol",
+                   disable=args.no_progress or not sys.stderr.isatty())
         try:
             for start in range(0, len(todo), args.batch_size):
                 index = todo[start:start + args.batch_size]
@@ -230,9 +250,12 @@ def _samples_to_write(out: Path, request: dict[str, Any], n: int, size: int,
     from .fileio import read_json, write_json
 
     names = [out / sample_name(i) for i in range(n)]
-    existing = [p for p in names if p.exists()]
+    existing = sorted(out.glob(SAMPLE_GLOB))  # all of them: also those past this request's n
     record = out / REQUEST_FILE
-    if existing and not force:
+    if force and existing:
+        moved = _move_aside(out, [*existing, record])
+        print(f"moved the {len(existing)} earlier sample(s) in {out} to {moved}")
+    elif existing:
         try:
             previous = read_json(record) if record.is_file() else None
         except (OSError, ValueError):
@@ -243,11 +266,45 @@ def _samples_to_write(out: Path, request: dict[str, Any], n: int, size: int,
                                    f"{existing[0]} (already exists, from "
                                    f"{'another' if previous else 'an unknown'} request: see "
                                    f"{record.name})",
-                                   "Choose another --out or pass --force to overwrite them."))
+                                   "Choose another --out, or pass --force to move them aside and "
+                                   "write new ones."))
     write_json(record, request)
     if force:
         return list(range(n))
     return [i for i, p in enumerate(names) if not _complete(p, size)]
+
+
+SAMPLE_GLOB = "sample_*.nii.gz"
+PREVIOUS_PREFIX = "previous-"  # hagan generate --force moves earlier samples to OUT/previous-<time>
+
+
+def _move_aside(out: Path, files: list[Path]) -> Path:
+    """Move ``files`` (an earlier request's samples and record) into a new folder
+    ``out/previous-<YYYYmmdd-HHMMSS>`` (``-2``, ... when it exists): ``--force`` never mixes
+    samples of two requests and never deletes any. Returns the folder."""
+    import os
+    import time
+
+    from .fileio import named_os_error
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    n = 1
+    while True:
+        folder = out / (f"{PREVIOUS_PREFIX}{stamp}" + (f"-{n}" if n > 1 else ""))
+        try:
+            folder.mkdir()
+            break
+        except FileExistsError:
+            n += 1
+        except OSError as exc:
+            raise named_os_error(exc, folder) from None
+    for path in files:
+        if path.exists():
+            try:
+                os.rename(path, folder / path.name)
+            except OSError as exc:
+                raise named_os_error(exc, path) from None
+    return folder
 
 
 def _complete(path: Path, size: int) -> bool:

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from scipy.spatial.distance import cdist
 
 from .checkpoint import CheckpointError
+from .cliargs import non_negative_int, positive_int
 from .config import Config, PathLike
 from .errors import ConfigError, DataError, RunError, explain
 from .features import (
@@ -500,6 +501,28 @@ def _check_request(n: int, extractor: str, weights: PathLike | None, out: PathLi
                                "Choose another --out or pass --force."))
 
 
+def _check_outputs(checkpoint: PathLike, data: PathLike | None, heldout: PathLike | None,
+                   weights: PathLike | None, out: PathLike | None,
+                   cache_dir: PathLike | None) -> None:
+    """Refuse a report path that names a folder, lies inside a prepared dataset or is one of
+    the inputs, and a cache folder inside a dataset (:mod:`hagan.fileio` checks)."""
+    from .checkpoint import resolve
+    from .errors import HaganError
+    from .fileio import check_output_file, check_output_outside_dataset
+
+    if out is not None:
+        check_output_file(out, "--out")
+        try:
+            source: Path | None = resolve(checkpoint)  # a run folder's newest checkpoint
+        except (HaganError, OSError):
+            source = None  # reported when it is loaded
+        check_output_outside_dataset(out, "--out",
+                                     inputs=(checkpoint, source, data, heldout, weights))
+    cache = default_cache_dir(out, cache_dir)
+    if cache is not None:
+        check_output_outside_dataset(cache, "--cache-dir")
+
+
 REF_RUN_HELDOUT = "run-heldout"  # the held-out split the run recorded (split.json)
 REF_HELDOUT_FOLDER = "heldout-folder"  # --heldout DIR, checked to hold no training volume
 REF_TRAIN_SUBSET = "train-subset"  # no held-out set: a seeded half of the training volumes
@@ -689,6 +712,7 @@ def evaluate(checkpoint: PathLike, data: PathLike | None = None, extractor: str 
     from .runtime import resolve_device
 
     _check_request(n, extractor, weights, out, force)
+    _check_outputs(checkpoint, data, heldout, weights, out, cache_dir if use_cache else None)
     start = time.perf_counter()
     dev = resolve_device(device)
     cfg, nets = load_models(checkpoint, device=dev)
@@ -863,32 +887,40 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "E^G(E^H(x))) or medicalnetN with --weights (default: random)")
     p.add_argument("--weights", default=None,
                    help="MedicalNet weights file (resnet_N.pth) for --extractor medicalnetN")
-    p.add_argument("--n", type=int, default=64, help="generated volumes (default 64)")
+    p.add_argument("--n", type=positive_int, default=64, help="generated volumes (default 64)")
     p.add_argument("--out", default=None, help="write the JSON report here")
     p.add_argument("--force", action="store_true", help="overwrite an existing --out file")
     p.add_argument("--cache-dir", default=None,
                    help="cache of real features (default: .hagan_cache next to --out; "
                    "no cache without --out)")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
-    p.add_argument("--seed", type=int, default=0,
+    p.add_argument("--seed", type=non_negative_int, default=0,
                    help="seed of latents, pairs and permutations (default 0)")
-    p.add_argument("--batch-size", type=int, default=2, help="volumes per forward pass")
-    p.add_argument("--permutations", type=int, default=PERMUTATIONS,
+    p.add_argument("--batch-size", type=positive_int, default=2,
+                   help="volumes per forward pass")
+    p.add_argument("--permutations", type=non_negative_int, default=PERMUTATIONS,
                    help=f"MMD permutation-test draws, 0 for none (default {PERMUTATIONS})")
-    p.add_argument("--pairs", type=int, default=MS_SSIM_PAIRS,
+    p.add_argument("--pairs", type=positive_int, default=MS_SSIM_PAIRS,
                    help=f"random pairs for MS-SSIM diversity (default {MS_SSIM_PAIRS})")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument("--no-progress", action="store_true",
+                   help="hide the progress bars (hidden anyway when stderr is not a terminal)")
 
 
 def main(args: argparse.Namespace) -> int:
+    import sys
     from contextlib import nullcontext
 
     from .fileio import lock_file
 
+    if args.out:  # before the lock: its file goes beside --out
+        _check_outputs(args.checkpoint, args.data, args.heldout, args.weights, args.out,
+                       None if args.no_cache else args.cache_dir)
     with lock_file(args.out, "hagan evaluate") if args.out else nullcontext():
         report = evaluate(args.checkpoint, args.data, extractor=args.extractor,
                           weights=args.weights, n=args.n, out=args.out,
                           cache_dir=args.cache_dir, seed=args.seed, device=args.device,
+                          progress=not args.no_progress and sys.stderr.isatty(),
                           heldout=args.heldout, batch_size=args.batch_size,
                           permutations=args.permutations, n_pairs=args.pairs,
                           use_cache=not args.no_cache, force=args.force)

@@ -30,9 +30,12 @@ written or deleted, whatever ``preprocess-state.json`` says (it is validated: ev
 must resolve inside ``OUT/volumes``); output files are written atomically; a re-run skips files
 whose parameters and source are unchanged; the state file is written first, so an interrupted
 run (Ctrl-C, SIGTERM: the worker processes are stopped too) is resumed by the next one; a run
-with another input folder into an existing dataset is refused unless ``--replace``, which moves
-the earlier dataset into ``OUT/previous-<time>/``; ``--spacing`` refuses a file whose resampled
-volume would exceed ``--max-resample-gib`` (2 GiB) before allocating it.
+into an existing dataset with another input folder or other parameters (size, modality,
+window, percentiles, spacing, trim, labels, pipeline version) is refused, naming what changed,
+unless ``--replace``, which moves the earlier dataset into ``OUT/previous-<time>/``: a dataset
+is never rebuilt in place; ``--spacing`` refuses a file whose resampled volume would exceed
+``--max-resample-gib`` (2 GiB) before allocating it. Prepared volumes whose voxel sizes differ
+by more than 10 % are warned about (``spacing_mixed`` in ``dataset.json``).
 """
 
 from __future__ import annotations
@@ -83,6 +86,7 @@ STATE_FILE = "preprocess-state.json"  # output name -> source and parameter key
 REPORT_FILE = "report.csv"
 INPUTS_FILE = "inputs.csv"  # every file found in the input folder and what became of it
 MIN_SIDE = 4  # TorchIO's anti-aliasing (SimpleITK smoothing) needs 4 voxels along each axis
+SPACING_MIXED_RATIO = 1.1  # largest / smallest output voxel size above this: warned, flagged
 MAX_RESAMPLE_GIB = 2.0  # --spacing refuses a file whose resampled float32 volume exceeds this
 STATE_SAVE_SECONDS = 10.0  # save progress this often so an interrupted run resumes
 KEY_COLUMNS = ("file", "filename", "path", "subject", "subject_id", "id", "name")
@@ -129,14 +133,16 @@ class PreprocessReport:
     flagged: list[tuple[str, str]] = field(default_factory=list)  # written, but looks blank
     seconds: float = 0.0
     moved_aside: Path | None = None  # where --replace moved an earlier dataset
+    warnings: list[str] = field(default_factory=list)  # e.g. mixed voxel sizes (also logged)
 
     @property
     def usable(self) -> int:
         return len(self.written) + len(self.up_to_date)
 
     def summary(self) -> str:
-        text = (f"{len(self.written)} written, {len(self.up_to_date)} already up to date, "
-                f"{len(self.failed)} skipped in {self.seconds:.1f} s -> {self.out_dir}")
+        text = (f"{_count(len(self.written), 'volume')} written, {len(self.up_to_date)} "
+                f"already up to date, {len(self.failed)} skipped in {self.seconds:.1f} s "
+                f"-> {self.out_dir}")
         if self.flagged:
             text += f", {len(self.flagged)} flagged as blank or near-constant"
         if self.failed or self.flagged:
@@ -144,6 +150,11 @@ class PreprocessReport:
         if self.moved_aside:
             text += f"; the earlier dataset was moved to {self.moved_aside}"
         return text
+
+
+def _count(n: int, noun: str) -> str:
+    """``"1 volume"``, ``"2 volumes"``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 @dataclass
@@ -280,8 +291,8 @@ def _series_problem(headers: list[tuple[Path, Any]], folder_label: str
         return files, (
             f"DICOM series with missing slices: a gap of {steps[worst]:.2f} mm between "
             f"{files[worst].name} and {files[worst + 1].name} where the slices are "
-            f"{median:.2f} mm apart (about {missing} slice(s) missing); add them or prepare "
-            "the parts as separate series"), dropped
+            f"{median:.2f} mm apart (about {_count(missing, 'slice')} missing); add them or "
+            "prepare the parts as separate series"), dropped
     if abs(steps[worst] - median) > 0.01 * median + 0.01:
         return files, (
             f"DICOM series with non-uniform slice spacing: steps from {steps.min():.3f} to "
@@ -434,7 +445,7 @@ def read_labels(path: PathLike) -> dict[str, str]:
         rows = list(csv.reader(fh))
     if len(rows) < 2 or len(rows[0]) < 2:
         raise DataError(f"{path}: expected a header row and rows 'file,label', found "
-                        f"{len(rows)} row(s)")
+                        f"{_count(len(rows), 'row')}")
     header = [h.strip().lower() for h in rows[0]]
     key_col = next((header.index(c) for c in KEY_COLUMNS if c in header), 0)
     label_col = next((header.index(c) for c in LABEL_COLUMNS if c in header),
@@ -463,37 +474,73 @@ def read_labels(path: PathLike) -> dict[str, str]:
 
 def match_labels(inputs: list[InputFile], table: dict[str, str],
                  labels_path: PathLike = "labels.csv") -> tuple[dict[str, str], list[str]]:
-    """Map every input to its label; returns ``(output name -> class index, label names)``.
+    """Match the rows of a labels table to inputs; returns ``(output name -> class index, label
+    names)`` for the inputs that have a row (see :func:`missing_labels` for the others).
 
-    An input matches a row by relative path, file name or subject id. Class indices follow the
-    sorted label names (numerically when all labels are numbers).
+    A row's key matches an input's relative path first (``a/scan.nii``); otherwise a bare file
+    name, subject id or output name, which must then name exactly one input: ``scan.nii`` with
+    ``a/scan.nii`` and ``b/scan.nii`` is refused. Class indices follow the sorted label names
+    (numerically when all labels are numbers).
 
     Raises:
-        DataError: an input has no label, or a row names no input; the message names them.
+        DataError: a row names no input, or a bare name names several; the message names them.
     """
-    used: set[str] = set()
-    found: dict[str, str] = {}
-    missing = []
+    by_relative = {item.relative: item for item in inputs}
+    by_name: dict[str, list[InputFile]] = {}
     for item in inputs:
-        keys = (item.relative, item.path.name, item.subject, item.name)
-        key = next((k for k in keys if k in table), None)
-        if key is None:
-            missing.append(item.relative)
+        for key in dict.fromkeys((item.path.name, item.subject, item.name)):
+            by_name.setdefault(key, []).append(item)
+    found: dict[str, str] = {}
+    row_of: dict[str, str] = {}  # output name -> the key that labelled it
+    unknown, ambiguous = [], []
+    for key, label in table.items():
+        if key in by_relative:
+            matches = [by_relative[key]]
+        else:
+            matches = by_name.get(key, [])
+            if len(matches) > 1:
+                ambiguous.append(f"{key!r} matches {', '.join(i.relative for i in matches)}")
+                continue
+        if not matches:
+            unknown.append(key)
             continue
-        used.add(key)
-        found[item.name] = table[key]
-    if missing:
-        raise DataError(f"{len(missing)} input file(s) have no label in {labels_path}: "
-                        f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}. "
-                        "Add a row 'file,label' for each of them")
-    unknown = sorted(set(table) - used)
+        item = matches[0]
+        if item.name in found and found[item.name] != label:
+            raise DataError(explain(f"{labels_path}", f"one label per input, {item.relative}",
+                                    f"{found[item.name]!r} (row {row_of[item.name]!r}) and "
+                                    f"{label!r} (row {key!r})", "Keep the right row."))
+        found[item.name], row_of[item.name] = label, key
+    if ambiguous:
+        raise DataError(f"{labels_path}: {_count(len(ambiguous), 'row')} naming more than one "
+                        "input: "
+                        f"{'; '.join(ambiguous[:3])}{' ...' if len(ambiguous) > 3 else ''}. "
+                        "Use the path relative to the input folder, e.g. a/scan.nii")
     if unknown:
-        raise DataError(f"{labels_path} names {len(unknown)} file(s) not found in the input "
-                        f"folder: {', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}")
+        unknown.sort()
+        raise DataError(f"{labels_path} names {_count(len(unknown), 'file')} not found in the "
+                        f"input folder: {', '.join(unknown[:5])}"
+                        f"{' ...' if len(unknown) > 5 else ''}")
     names = sorted(set(found.values()))
     if all(n.lstrip("-").isdigit() for n in names):
         names = sorted(names, key=int)
     return {k: str(names.index(v)) for k, v in found.items()}, names
+
+
+def missing_labels(inputs: list[InputFile], label_of: dict[str, str],
+                   labels_path: PathLike = "labels.csv") -> None:
+    """Refuse prepared ``inputs`` that have no row in the labels table (only inputs that are
+    prepared need a label: skipped ones, unreadable or unsupported, do not).
+
+    Raises:
+        DataError: naming up to five inputs without a label.
+    """
+    missing = [item.relative for item in inputs if item.name not in label_of]
+    if missing:
+        raise DataError(f"{_count(len(missing), 'prepared input')} without a label in "
+                        f"{labels_path}: "
+                        f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}. "
+                        "Add a row 'file,label' for each of them (the prepared volumes are kept: "
+                        "the next run only writes the dataset files)")
 
 
 # --- one file ------------------------------------------------------------------------------------
@@ -980,25 +1027,28 @@ def preprocess(input_dir: PathLike, out_dir: PathLike, size: int, modality: str 
             percentiles nnU-Net clips CT at; nnU-Net itself z-scores MRI).
         spacing: Resample to this isotropic voxel size in mm first (None keeps the voxels).
         trim: Drop blank axial slices (entirely at the bottom of the window) at both ends.
-        labels: CSV mapping file name or subject id to a label (strings allowed).
+        labels: CSV mapping inputs to labels (strings allowed): by relative path, or by a file
+            name or subject id that names exactly one input. Every prepared input needs one.
         workers: Processes working on files in parallel.
         strict: Raise when any input had to be skipped; blank or near-constant outputs (only
             flagged in ``report.csv`` otherwise) are then skipped too.
         progress: Show a tqdm progress bar.
         force: Write into a non-empty folder that was not made by ``preprocess``.
-        replace: ``out_dir`` holds a dataset prepared from another input folder: move it aside
-            into ``out_dir/previous-<time>/`` (nothing is deleted) and prepare the new one.
-            Without it such a run is refused.
+        replace: ``out_dir`` holds a dataset prepared from another input folder or with other
+            parameters or labels: move it aside into ``out_dir/previous-<time>/`` (nothing is
+            deleted) and prepare the new one. Without it such a run is refused.
         max_resample_gib: ``spacing`` refuses (in ``report.csv``) a file whose resampled float32
             volume would exceed this many GiB (default 2).
 
     Returns:
-        A :class:`PreprocessReport`; the same summary goes to the log.
+        A :class:`PreprocessReport` (its ``warnings`` also go to the log).
 
     Raises:
         ValueError: bad parameters, or ``out_dir`` inside ``input_dir``.
         FileNotFoundError, NotADirectoryError, FileExistsError: unusable folders.
         DataError: no inputs, label problems, nothing usable produced, or a skip with ``strict``.
+        RunError: ``out_dir`` holds a dataset from another input folder or made with other
+            parameters or labels (without ``replace``); the message names what changed.
     """
     start = time.perf_counter()
     params = parameters(size, modality, window, percentiles, spacing, trim)
@@ -1009,14 +1059,16 @@ def preprocess(input_dir: PathLike, out_dir: PathLike, size: int, modality: str 
     inputs = found.inputs
     if not inputs:
         raise DataError(explain(f"input folder {input_dir}", "image files or DICOM series",
-                                f"no image files found ({len(found.ignored)} other file(s))",
+                                "no image files found "
+                                f"({_count(len(found.ignored), 'other file')})",
                                 f"Looked for {', '.join(FILE_SUFFIXES + NIBABEL_ONLY)} files "
                                 "and DICOM files, recursively."))
-    candidates = [item for item in inputs if not item.problem]
     label_of: dict[str, str] = {}
     label_names: list[str] = []
     if labels is not None:
-        label_of, label_names = match_labels(candidates, read_labels(labels), labels)
+        label_of, label_names = match_labels(inputs, read_labels(labels), labels)
+    label_record = ({name: label_names[int(i)] for name, i in label_of.items()}
+                    if labels is not None else None)
     state, old_source = read_state(out)  # name -> entry; updated as files finish
     if old_source is None and (out / "dataset.json").is_file():
         try:
@@ -1033,9 +1085,21 @@ def preprocess(input_dir: PathLike, out_dir: PathLike, size: int, modality: str 
         moved = _move_aside(out)
         logger.warning("preprocess: the dataset from %s was moved to %s", old_source, moved)
         state = {}
+    has_data = bool(state) or any((out / "volumes").glob("*.npy"))
+    changed = _changes(out, params, label_record) if has_data else []
+    if changed and not replace:
+        raise RunError(explain(f"--out {out_dir}", "a dataset prepared with the same parameters",
+                               f"one prepared with other ones: {'; '.join(changed)}",
+                               "Choose another output folder, or pass --replace to move the "
+                               "old dataset aside (into OUT/previous-<time>/)."))
+    if changed:
+        moved = _move_aside(out)
+        logger.warning("preprocess: the dataset prepared with other parameters (%s) was moved "
+                       "to %s", "; ".join(changed), moved)
+        state = {}
     report = PreprocessReport(out, moved_aside=moved)
     # the state file first: an interrupted run leaves a folder that the next run recognises
-    _save_state(out, state, params, source)
+    _save_state(out, state, params, source, label_record)
     volumes = out / "volumes"
     volumes.mkdir(parents=True, exist_ok=True)
     for temp in volumes.glob(".*.tmp"):  # half-written files of an interrupted run
@@ -1075,27 +1139,67 @@ def preprocess(input_dir: PathLike, out_dir: PathLike, size: int, modality: str 
                                "shape": result["shape"], "spacing": result["spacing"],
                                "out_spacing": result["out_spacing"], "flag": result["flag"]}
                 if time.monotonic() - last_save > STATE_SAVE_SECONDS:
-                    _save_state(out, state, params, source)
+                    _save_state(out, state, params, source, label_record)
                     last_save = time.monotonic()
     finally:  # also on Ctrl-C or SIGTERM: the files done so far are not redone next time
-        _save_state(out, state, params, source)
+        _save_state(out, state, params, source, label_record)
     report.seconds = time.perf_counter() - start
+    if labels is not None:
+        missing_labels([item for item in inputs if item.name in state], label_of, labels)
     _write_outputs(out, found, state, report, params, label_of, label_names, source)
-    logger.info("preprocess: %s", report.summary())
+    for note in report.warnings:
+        logger.warning("preprocess: %s", note)
     if report.usable == 0:
         first = report.failed[0] if report.failed else ("?", "?")
-        raise DataError(f"nothing usable was produced: all {len(inputs)} input(s) were skipped, "
+        raise DataError(f"nothing usable was produced: {_count(len(inputs), 'input')}, all "
+                        "skipped, "
                         f"e.g. {first[0]}: {first[1]} (all reasons in {out / REPORT_FILE})")
     if strict and report.failed:
-        raise DataError(f"{len(report.failed)} of {len(inputs)} input(s) were skipped and "
+        raise DataError(f"{len(report.failed)} of {_count(len(inputs), 'input')} skipped and "
                         f"strict mode is on; reasons in {out / REPORT_FILE}")
     return report
 
 
-def _save_state(out: Path, files: dict[str, Any], params: dict[str, Any], source: Path) -> None:
+def _save_state(out: Path, files: dict[str, Any], params: dict[str, Any], source: Path,
+                labels: dict[str, str] | None = None) -> None:
     atomic_write_text(out / STATE_FILE, json.dumps(
-        {"params": params, "source": str(source), "files": files}, indent=1, sort_keys=True)
-        + "\n")
+        {"params": params, "source": str(source), "files": files, "labels": labels},
+        indent=1, sort_keys=True) + "\n")
+
+
+PARAM_NAMES = {"version": "pipeline version", "size": "size", "modality": "modality",
+               "window": "window", "percentiles": "percentiles", "spacing": "spacing",
+               "trim": "trim"}
+
+
+def _changes(out: Path, params: dict[str, Any], labels: dict[str, str] | None) -> list[str]:
+    """What differs between the dataset in ``out`` and a run with ``params`` and ``labels``
+    (output name -> label, None without --labels): ``["size 32 -> 64", ...]``, empty when
+    nothing does or nothing is recorded. Read from the state file, else from dataset.json."""
+    old: dict[str, Any] = {}
+    old_labels: Any = "unknown"
+    with contextlib.suppress(OSError, ValueError):
+        state = json.loads((out / STATE_FILE).read_text(encoding="utf-8"))
+        if isinstance(state, dict) and isinstance(state.get("params"), dict):
+            old = state["params"]
+            old_labels = state.get("labels", "unknown")
+    if not old:
+        with contextlib.suppress(OSError, ValueError):
+            info = json.loads((out / "dataset.json").read_text(encoding="utf-8"))
+            if isinstance(info, dict):
+                old = {k: info[k] for k in PARAM_NAMES if k in info}
+                if "pipeline_version" in info:
+                    old["version"] = info["pipeline_version"]
+    changed = [f"{name} {old[key]} -> {params[key]}" for key, name in PARAM_NAMES.items()
+               if key in old and old[key] != params[key]]
+    if old_labels != "unknown" and (old_labels is None) != (labels is None):
+        changed.append("labels: none before" if old_labels is None else "labels: none now")
+    elif isinstance(old_labels, dict) and labels is not None:
+        moved = sorted(n for n in set(old_labels) & set(labels) if old_labels[n] != labels[n])
+        if moved:
+            changed.append(f"labels of {_count(len(moved), 'input')} ({', '.join(moved[:3])}"
+                           f"{' ...' if len(moved) > 3 else ''})")
+    return changed
 
 
 def _csv_text(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -1139,11 +1243,18 @@ def _write_outputs(out: Path, found: Discovery, state: dict[str, Any],
                                 source=item.relative, original_shape=state[item.name]["shape"],
                                 original_spacing=state[item.name]["spacing"]) for item in done])
     spacings = [state[item.name]["out_spacing"] for item in done] or [0.0]
+    low, high, median = float(min(spacings)), float(max(spacings)), float(np.median(spacings))
+    mixed = low > 0 and high / low > SPACING_MIXED_RATIO
+    if mixed:
+        report.warnings.append(
+            f"the prepared volumes have voxel sizes from {low:.3g} to {high:.3g} mm (inputs "
+            f"with other voxel sizes or fields of view); dataset.json records the median "
+            f"{median:.3g} mm, which generated NIfTIs will carry. To resample every input to "
+            "one isotropic voxel size first, re-run with --spacing MM (and --replace)")
     write_info(out, {
         **{k: v for k, v in params.items() if k != "version"},
         "size": params["size"], "source": str(source), "n": len(done),
-        "spacing_mm": [float(np.median(spacings))] * 3,
-        "spacing_mm_range": [float(min(spacings)), float(max(spacings))],
+        "spacing_mm": [median] * 3, "spacing_mm_range": [low, high], "spacing_mixed": mixed,
         "label_names": label_names, "dtype": "float16",
         "axes": ["inferior->superior", "posterior->anterior", "left->right"],
         "pipeline_version": params["version"], "created_by": "hagan.preprocess",
@@ -1170,7 +1281,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="resample to this isotropic voxel size first (default: keep)")
     parser.add_argument("--no-trim", action="store_true",
                         help="keep blank axial slices at both ends")
-    parser.add_argument("--labels", metavar="CSV", help="CSV 'file,label' for conditional models")
+    parser.add_argument("--labels", metavar="CSV",
+                        help="CSV 'file,label' for conditional models (file: path relative to "
+                             "INPUT, or a name or subject id naming one input)")
     parser.add_argument("--workers", type=int, default=1, help="parallel processes (default 1)")
     parser.add_argument("--strict", action="store_true",
                         help="fail (exit non-zero) when any input is skipped; also skip "
@@ -1178,8 +1291,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true",
                         help="write into a non-empty folder not made by hagan preprocess")
     parser.add_argument("--replace", action="store_true",
-                        help="OUT holds a dataset from another input folder: move it aside "
-                             "into OUT/previous-<time>/ and prepare this one")
+                        help="OUT holds a dataset from another input folder or with other "
+                             "parameters or labels: move it aside into OUT/previous-<time>/ "
+                             "and prepare this one")
     parser.add_argument("--max-resample-gib", type=float, default=MAX_RESAMPLE_GIB,
                         metavar="GIB", help="--spacing refuses files whose resampled volume "
                                             f"would exceed this (default {MAX_RESAMPLE_GIB:g})")
@@ -1197,5 +1311,5 @@ def main(args: argparse.Namespace) -> int:
                             workers=args.workers, strict=args.strict,
                             progress=not args.no_progress, force=args.force,
                             replace=args.replace, max_resample_gib=args.max_resample_gib)
-    print(f"hagan preprocess: {report.summary()}")
+    print(f"hagan preprocess: {report.summary()}")  # once: preprocess() does not log it
     return 0

@@ -29,7 +29,7 @@ import random
 import signal
 import sys
 import time
-from collections.abc import Iterator, Sequence, Sized
+from collections.abc import Collection, Iterator, Sequence, Sized
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -46,7 +46,7 @@ from .checkpoint import LOSS_KEYS, read_metrics  # noqa: F401 (read_metrics: re-
 from .config import SLAB_FRACTION, Config, PathLike, from_dict, parse_overrides, preset
 from .data import DataSplit, InfiniteSampler, PreparedDataset
 from .errors import CheckpointError, ConfigError, RunError, explain
-from .fileio import lock_folder, write_json
+from .fileio import check_output_outside_dataset, lock_folder, write_json
 from .models import Networks, build_models
 from .runtime import autocast_context, init_distributed, resolve_device, shutdown_distributed
 
@@ -54,6 +54,8 @@ logger = logging.getLogger(__name__)
 
 # Config keys that define the networks: a resumed run must keep them.
 ARCHITECTURE_KEYS = ("size", "width", "latent_dim", "num_classes", "low_res_critic")
+# what a resumed run keeps from its checkpoint, whatever is requested
+RESUME_FIXED_KEYS = ARCHITECTURE_KEYS + ("seed",)
 DIVERSITY_SAMPLES = 8  # volumes generated from fixed latents for the collapse watch
 
 
@@ -98,14 +100,19 @@ class Trainer:
             refuses (:class:`RunError` naming them) rather than start over.
         fresh: Start a new run even when ``run_dir`` holds one (``resume=False`` means the
             same): when training starts, the earlier run's files are moved into
-            ``run_dir/previous-<date>-<time>/``, never deleted or overwritten.
+            ``run_dir/previous-<date>-<time>/``, never deleted or overwritten. Without it a
+            non-empty folder that is not a kit run folder is refused
+            (:func:`hagan.checkpoint.check_run_folder`).
+        explicit: Config keys the user set explicitly (``--set``): on resume, one of
+            :data:`RESUME_FIXED_KEYS` that differs from the run's is refused, not ignored.
 
     The run folder is locked while :meth:`train` runs (a second process is refused), and a
-    prepared dataset is refused as a run folder.
+    prepared dataset, or a folder inside one, is refused as a run folder.
     """
 
     def __init__(self, cfg: Config, run_dir: PathLike, dataset: Dataset | None = None,
-                 resume: bool = True, fresh: bool = False) -> None:
+                 resume: bool = True, fresh: bool = False,
+                 explicit: Collection[str] = ()) -> None:
         self.run_dir = Path(run_dir)
         self.fresh = fresh or not resume
         if ckpt.is_dataset_folder(self.run_dir):
@@ -114,6 +121,9 @@ class Trainer:
                                    "(manifest.csv, dataset.json or volumes/)",
                                    "Choose another --out folder; a run never writes into a "
                                    "dataset."))
+        check_output_outside_dataset(self.run_dir, "hagan train --out")  # e.g. DATA/volumes
+        if not self.fresh:
+            ckpt.check_run_folder(self.run_dir)  # a folder of the user's own files: refused
         self.device = resolve_device(cfg.device)
         self.rank, self.world = init_distributed(self.device)
         self.is_main = self.rank == 0
@@ -136,7 +146,7 @@ class Trainer:
         self._resumed_from = found[0] if found else None
         if state is not None:
             assert found is not None  # state is found[1]: for the type checker
-            cfg = _merge_resumed_config(_saved_config(state, found[0]), cfg)
+            cfg = _merge_resumed_config(_saved_config(state, found[0]), cfg, explicit)
             ckpt.check_training_state(state, found[0])  # names a missing part, e.g. optimizers
         if dataset is None:
             cfg = _absolute_data(cfg, state)
@@ -204,6 +214,14 @@ class Trainer:
             self.split = ckpt.training_split(self.run_dir, full, cfg.holdout_fraction,
                                              resumed=self._resumed_from is not None)
             dataset = full.select(self.split.train)
+        names = (self.data_info or {}).get("label_names") or []
+        if self.is_main and names:
+            if not cfg.num_classes:
+                logger.info("the dataset has %d labels (%s) but this model is unconditional; "
+                            "--set num_classes=%d trains a class-conditional one (new run)",
+                            len(names), ", ".join(names), len(names))
+            else:
+                logger.info("%s", ckpt.label_map_text(names))
         self.dataset = dataset
         self._stop_signal: int | None = None
         # Set keep_images to have step() keep the first volume's real, generated and
@@ -688,16 +706,31 @@ def _python_state_from_list(values: list) -> tuple:
     return (version, tuple(internal), gauss)
 
 
-def _merge_resumed_config(saved: Config, requested: Config) -> Config:
-    """Keep the saved architecture; take the requested run settings (iterations, logging...)."""
+def _merge_resumed_config(saved: Config, requested: Config,
+                          explicit: Collection[str] = ()) -> Config:
+    """Keep the saved architecture and seed; take the requested run settings (iterations,
+    logging...). ``explicit``: the keys the user set (``--set``); changing one the run keeps
+    (:data:`RESUME_FIXED_KEYS`) is refused rather than silently ignored.
+
+    Raises:
+        RunError: the requested preset or an explicit key asks for another model or seed.
+    """
+    fixed = ", ".join(RESUME_FIXED_KEYS)
     clash = [k for k in ARCHITECTURE_KEYS if getattr(saved, k) != getattr(requested, k)]
-    if clash and requested.preset != "custom":
+    if not (clash and requested.preset != "custom"):
+        clash = [k for k in RESUME_FIXED_KEYS
+                 if k in explicit and getattr(saved, k) != getattr(requested, k)]
+    if clash:
         details = ", ".join(f"{k}: checkpoint {getattr(saved, k)} vs requested "
                             f"{getattr(requested, k)}" for k in clash)
-        raise RunError(explain("run folder", "the model of the requested preset",
-                               f"a different model ({details})",
-                               "Use a new --out folder or the same preset."))
-    keep = {k: getattr(saved, k) for k in ARCHITECTURE_KEYS + ("seed",)}
+        raise RunError(explain("run folder", "the run's own model and seed when resuming "
+                               f"({fixed} cannot change)",
+                               f"a different {'seed' if clash == ['seed'] else 'model'} "
+                               f"({details})",
+                               "Drop those --set values to resume, pass --fresh to start a new "
+                               "run in this folder (the old files are moved aside), or use a "
+                               "new --out folder."))
+    keep = {k: getattr(saved, k) for k in RESUME_FIXED_KEYS}
     return requested.replace(**keep)
 
 
@@ -758,8 +791,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"one of {', '.join(PRESETS)} (default tiny32)")
     p.add_argument("--data", help="prepared dataset folder (hagan demo-data / hagan preprocess)")
     p.add_argument("--out", required=True, help="run folder; resumes when it holds a checkpoint")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field, e.g. --set iterations=500 --set precision=bf16")
+    p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[],
+                   metavar="KEY=VALUE",
+                   help="override config fields, e.g. --set iterations=500 precision=bf16 "
+                   "(several pairs per --set; --set may be repeated)")
     p.add_argument("--fresh", action="store_true",
                    help="start a new run even if --out holds one: its files are moved to "
                    "--out/previous-DATE-TIME/, never deleted")
@@ -770,13 +805,26 @@ def main(args: argparse.Namespace) -> int:
     if args.data:
         cfg = cfg.replace(data=str(args.data))
     cfg = parse_overrides(args.overrides, cfg)
+    explicit = {pair.split("=", 1)[0].strip() for pair in args.overrides}
+    if args.data and "data" in explicit and \
+            Path(cfg.data).resolve() != Path(args.data).resolve():
+        raise ConfigError(explain("--set data", f"the folder given with --data ({args.data})",
+                                  f"data={cfg.data}", "Give the dataset once, with --data."))
     has_ckpt = bool(ckpt.list_checkpoints(args.out)) and not args.fresh
     if not cfg.data and not has_ckpt:
         raise ConfigError(explain("--data", "a prepared dataset folder", "none",
                                   "Make one with `hagan demo-data --out DIR` or "
                                   "`hagan preprocess`."))
     try:
-        result = train(cfg, args.out, fresh=args.fresh)
+        trainer = Trainer(cfg, args.out, fresh=args.fresh, explicit=explicit)
+        start = trainer.step_num
+        if start >= trainer.cfg.iterations:
+            print(f"already at step {start} (iterations={trainer.cfg.iterations}), nothing to "
+                  "do; raise it with --set iterations=N to train on")
+            if trainer.world > 1:
+                shutdown_distributed()
+            return 0
+        result = trainer.train()
     except TrainingInterrupted as exc:
         print(f"hagan train: {exc}")
         return 128 + int(exc.signum)
@@ -784,5 +832,6 @@ def main(args: argparse.Namespace) -> int:
         print(f"hagan train: error: {exc}", file=sys.stderr)
         return 3
     print(f"trained to iteration {result.step}; checkpoint: {result.checkpoint}")
-    print("losses: " + ", ".join(f"{k} {v:.4f}" for k, v in result.losses.items()))
+    print(f"losses at step {result.step} (that step alone; metrics.jsonl holds the means over "
+          "each log window): " + ", ".join(f"{k} {v:.4f}" for k, v in result.losses.items()))
     return 0

@@ -116,8 +116,8 @@ def read_weights(path: PathLike) -> tuple[Config, dict[str, dict[str, torch.Tens
     if not path.is_file():
         raise CheckpointError(f"weights file {path} does not exist")
     if path.stat().st_size == 0:
-        raise CheckpointError(f"weights file {path} is empty (0 bytes): its write was "
-                              "interrupted")
+        raise CheckpointError(f"weights file {path} is empty (0 bytes); use another copy or "
+                              "export it again")
     try:
         with safe_open(str(path), framework="pt", device="cpu") as fh:
             meta = fh.metadata() or {}

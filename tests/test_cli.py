@@ -67,3 +67,41 @@ def test_user_errors_are_one_line_and_programming_errors_keep_their_traceback(mo
         monkeypatch.setattr(bench, "main", fail(bug))
         with pytest.raises(type(bug)):
             cli.main(["bench"])
+
+
+def test_verbose_is_accepted_after_the_subcommand_too(monkeypatch):
+    import logging
+
+    for argv, expected in ((["generate", "run", "--out", "o", "-v"], True),
+                           (["-v", "generate", "run", "--out", "o"], True),
+                           (["generate", "run", "--out", "o"], False)):
+        assert cli.build_parser("generate").parse_args(argv).verbose is expected, argv
+    monkeypatch.setattr(bench, "main", lambda args: 0)
+    logging.getLogger("filelock").setLevel(logging.NOTSET)
+    assert cli.main(["bench", "--verbose"]) == 0
+    assert logging.getLogger("filelock").getEffectiveLevel() == logging.WARNING
+
+
+def test_set_takes_several_pairs_and_can_be_repeated():
+    args = cli.build_parser("train").parse_args(
+        ["train", "--out", "r", "--set", "iterations=4", "batch_size=2", "--set", "lr_g=1e-4"])
+    assert args.overrides == ["iterations=4", "batch_size=2", "lr_g=1e-4"]
+
+
+def test_every_readme_command_example_parses():
+    """The README's `hagan ...` lines in its bash blocks are accepted by the parser."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    lines = [line.split("#")[0].strip()
+             for block in re.findall(r"```bash\n(.*?)```", readme, flags=re.S)
+             for line in block.splitlines()]
+    examples = [shlex.split(line)[1:] for line in lines if line.startswith("hagan ")]
+    assert len(examples) >= 8
+    for argv in examples:
+        if argv == ["--version"]:
+            continue
+        command = next(a for a in argv if a in cli.COMMANDS)
+        cli.build_parser(command).parse_args(argv)  # SystemExit(2) on an unknown flag

@@ -238,8 +238,10 @@ def test_rerun_skips_unchanged_and_redoes_changed(tmp_path, make_nifti):
     again = run(src, out, modality="mri")
     assert again.written == [] and len(again.up_to_date) == 3
     assert (out / "volumes" / "s0.npy").stat().st_mtime_ns == stamp
-    changed = run(src, out, modality="mri", percentiles=(1, 99))  # a parameter changed
-    assert len(changed.written) == 3
+    with pytest.raises(RunError, match=r"percentiles \[0.5, 99.5\] -> \[1.0, 99.0\].*--replace"):
+        run(src, out, modality="mri", percentiles=(1, 99))  # a parameter changed: refused
+    changed = run(src, out, modality="mri", percentiles=(1, 99), replace=True)
+    assert len(changed.written) == 3 and changed.moved_aside is not None
     make_nifti("s1.nii.gz", folder=src, seed=10)  # an input changed
     os.utime(src / "s1.nii.gz", ns=(1, 1))
     (src / "s2.nii.gz").unlink()  # an input is gone
@@ -275,15 +277,92 @@ def test_label_errors_name_the_files(tmp_path, make_nifti):
     src = tmp_path / "in"
     for name in ("p1", "p2"):
         make_nifti(f"{name}.nii.gz", folder=src)
-    partial = write_csv(tmp_path / "partial.csv", [("p1", "a")])
-    with pytest.raises(DataError, match="1 input file.*no label.*p2.nii.gz"):
-        run(src, tmp_path / "out", modality="mri", labels=partial)
     extra = write_csv(tmp_path / "extra.csv", [("p1", "a"), ("p2", "b"), ("ghost.nii", "a")])
-    with pytest.raises(DataError, match="not found in the input folder: ghost.nii"):
+    with pytest.raises(DataError, match="1 file not found in the input folder: ghost.nii"):
         run(src, tmp_path / "out", modality="mri", labels=extra)
     with pytest.raises(DataError, match="labels file"):
         run(src, tmp_path / "out", modality="mri", labels=tmp_path / "missing.csv")
     assert not (tmp_path / "out" / "volumes").exists()  # checked before any work
+    partial = write_csv(tmp_path / "partial.csv", [("p1", "a")])
+    with pytest.raises(DataError, match="1 prepared input without a label.*p2.nii.gz"):
+        run(src, tmp_path / "out", modality="mri", labels=partial)
+    assert not (tmp_path / "out" / "manifest.csv").exists()  # no dataset with a missing label
+
+
+def test_a_bare_name_in_two_subfolders_is_ambiguous(tmp_path, make_nifti):
+    src = tmp_path / "in"
+    make_nifti("scan.nii", folder=src / "a", seed=1)
+    make_nifti("scan.nii", folder=src / "b", seed=2)
+    bare = write_csv(tmp_path / "bare.csv", [("scan.nii", "0")])
+    with pytest.raises(DataError, match=r"1 row naming more than one input: 'scan.nii' matches "
+                                        r"a/scan.nii, b/scan.nii"):
+        run(src, tmp_path / "out", modality="mri", labels=bare)
+    subject = write_csv(tmp_path / "subject.csv", [("scan", "0")])
+    with pytest.raises(DataError, match="'scan' matches a/scan.nii, b/scan.nii"):
+        run(src, tmp_path / "out", modality="mri", labels=subject)
+    paths = write_csv(tmp_path / "paths.csv", [("a/scan.nii", "0"), ("b/scan.nii", "1")])
+    run(src, tmp_path / "out", modality="mri", labels=paths)
+    rows = {r["source"]: r["label"] for r in manifest(tmp_path / "out")}
+    assert rows == {"a/scan.nii": "0", "b/scan.nii": "1"}
+
+
+def test_skipped_inputs_need_no_label(tmp_path, make_nifti):
+    src = tmp_path / "in"
+    make_nifti("p1.nii.gz", folder=src)
+    (src / "broken.nii.gz").write_bytes(b"not a NIfTI file")  # skipped: cannot be read
+    (src / "slides.tif").write_bytes(b"II*\x00")  # skipped: unsupported format
+    labels = write_csv(tmp_path / "labels.csv", [("p1", "x")])
+    report = run(src, tmp_path / "out", modality="mri", labels=labels)
+    assert report.written == ["p1.nii.gz"] and len(report.failed) >= 1
+    assert [r["label"] for r in manifest(tmp_path / "out")] == ["0"]
+
+
+# --- parameters of an existing dataset -----------------------------------------------------------
+def test_a_changed_parameter_is_refused_unless_replace(tmp_path, make_nifti):
+    src, out = tmp_path / "in", tmp_path / "out"
+    for i in range(2):
+        make_nifti(f"s{i}.nii.gz", folder=src, seed=i)
+    run(src, out, modality="mri")
+    old = folder_hashes(out / "volumes")
+    with pytest.raises(RunError, match=r"size 32 -> 64; modality mri -> ct.*--replace") as info:
+        run(src, out, size=64, modality="ct")
+    assert "\n" not in str(info.value)
+    for kwargs in ({"spacing": 2.0}, {"trim": False}, {"window": (0, 100)}):
+        with pytest.raises(RunError, match="--replace"):
+            run(src, out, modality="mri", **kwargs)
+    assert folder_hashes(out / "volumes") == old  # nothing rebuilt
+    assert len(run(src, out, modality="mri").up_to_date) == 2  # same parameters: resumes
+    labels = write_csv(tmp_path / "labels.csv", [("s0", "a"), ("s1", "b")])
+    with pytest.raises(RunError, match="labels: none before"):
+        run(src, out, modality="mri", labels=labels)
+    report = run(src, out, size=64, modality="ct", replace=True)
+    assert report.moved_aside is not None and len(report.written) == 2
+    assert folder_hashes(report.moved_aside / "volumes") == old  # moved aside, not deleted
+    assert json.loads((out / "dataset.json").read_text())["size"] == 64
+    relabel = write_csv(tmp_path / "relabel.csv", [("s0", "b"), ("s1", "b")])
+    run(src, out, size=64, modality="ct", labels=labels, replace=True)
+    with pytest.raises(RunError, match=r"labels of 1 input \(s0\)"):
+        run(src, out, size=64, modality="ct", labels=relabel)
+
+
+def test_mixed_voxel_sizes_are_warned_and_flagged(tmp_path, make_nifti, caplog):
+    src = tmp_path / "in"
+    make_nifti("fine.nii.gz", folder=src, spacing=(0.5, 0.5, 0.5))
+    make_nifti("coarse.nii.gz", folder=src, spacing=(3.0, 3.0, 3.0))
+    with caplog.at_level("WARNING", logger="hagan.preprocess"):
+        report = run(src, tmp_path / "out", modality="mri")
+    info = json.loads((tmp_path / "out" / "dataset.json").read_text())
+    assert info["spacing_mixed"] is True
+    low, high = info["spacing_mm_range"]
+    assert high / low > 1.1
+    assert len(report.warnings) == 1 and "--spacing" in report.warnings[0]
+    assert "median" in caplog.text and "--spacing" in caplog.text
+    same = tmp_path / "same"
+    make_nifti("a.nii.gz", folder=same, seed=1)
+    make_nifti("b.nii.gz", folder=same, seed=2)
+    report = run(same, tmp_path / "out2", modality="mri")
+    assert not report.warnings
+    assert json.loads((tmp_path / "out2" / "dataset.json").read_text())["spacing_mixed"] is False
 
 
 # --- CLI -----------------------------------------------------------------------------------------
@@ -294,7 +373,8 @@ def test_cli_error_in_a_subprocess_is_one_line_without_traceback(tmp_path, one_c
     assert proc.stderr.strip().count("\n") == 0 and "input folder" in proc.stderr
 
 
-def test_cli_nothing_usable_and_success(tmp_path, one_ct, capsys):
+def test_cli_nothing_usable_and_success(tmp_path, one_ct, capsys, caplog):
+    caplog.set_level("INFO")  # what `hagan` shows by default (logging at INFO on stderr)
     bad = tmp_path / "bad"
     write_bad_inputs(bad)
     args = ["--size", "32", "--modality", "ct", "--no-progress"]
@@ -303,7 +383,10 @@ def test_cli_nothing_usable_and_success(tmp_path, one_ct, capsys):
     assert err[-1].startswith("hagan preprocess: error: nothing usable")
     code = cli.main(["preprocess", str(one_ct), "--out", str(tmp_path / "out2"), *args,
                      "--window", "-1000", "400"])
-    assert code == 0 and "1 written" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert code == 0 and "1 volume written" in captured.out
+    shown = captured.out + captured.err + "\n".join(r.getMessage() for r in caplog.records)
+    assert shown.count("1 volume written") == 1  # the summary once, not also in the log
     info = json.loads((tmp_path / "out2" / "dataset.json").read_text())
     assert info["window"] == [-1000.0, 400.0]
 

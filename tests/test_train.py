@@ -307,3 +307,98 @@ def test_trainer_gives_each_network_its_own_fused_adam_with_the_config_settings(
         (group,) = opt.param_groups
         assert group["fused"] and group["lr"] == lrs[name] and group["betas"] == (0.5, 0.9)
         assert {id(p) for p in group["params"]} == {id(p) for p in nets[name].parameters()}
+
+
+# --- run-folder and CLI guards (a new user's mistakes) -------------------------------------------
+FAST = ["--set", "progress=False", "tensorboard=False", "image_every=0", "log_every=1",
+        "batch_size=2", "checkpoint_every=2"]
+
+
+def _files(folder):
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def test_train_refuses_an_out_inside_a_prepared_dataset(tmp_path, capsys):
+    from hagan.cli import main
+
+    data = make_random_dataset(tmp_path / "data", n=2, size=32)
+    before = _files(data)
+    for out in (data / "volumes", data / "volumes" / "run"):
+        assert main(["train", "--data", str(data), "--out", str(out), *FAST,
+                     "--set", "iterations=1"]) == 2
+        assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert _files(data) == before
+
+
+def test_train_refuses_a_folder_of_user_files_unless_fresh(tmp_path, capsys):
+    from hagan.cli import main
+
+    data = make_random_dataset(tmp_path / "data", n=2, size=32)
+    out = tmp_path / "mine"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "keep.txt").write_text("mine")
+    (out / "config.json").write_text('{"lr": 3}')
+    before = _files(out)
+    args = ["train", "--data", str(data), "--out", str(out), *FAST, "--set", "iterations=1"]
+    assert main(args) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert _files(out) == before
+    assert main([*args, "--fresh"]) == 0  # explicit: the user's files are moved, not deleted
+    moved = [p for p in out.iterdir() if p.name.startswith("previous-")]
+    assert len(moved) == 1 and (moved[0] / "checkpoints" / "keep.txt").read_text() == "mine"
+
+
+def test_train_refuses_set_preset_and_a_second_data_folder(tmp_path, capsys):
+    from hagan.cli import main
+
+    data = make_random_dataset(tmp_path / "data", n=2, size=32)
+    other = make_random_dataset(tmp_path / "other", n=2, size=32)
+    run = tmp_path / "run"
+    for extra in (["--set", "preset=paper256"], ["--set", f"data={other}"]):
+        assert main(["train", "--data", str(data), "--out", str(run), *FAST,
+                     "--set", "iterations=1", *extra]) == 2, extra
+        assert len(capsys.readouterr().err.strip().splitlines()) == 1
+        assert not run.exists()
+    # the same folder twice is not a conflict
+    assert main(["train", "--data", str(data), "--out", str(run), *FAST,
+                 "--set", "iterations=1", f"data={data}"]) == 0
+
+
+def test_resume_refuses_a_new_seed_and_says_when_there_is_nothing_to_do(tmp_path, capsys):
+    from hagan.cli import main
+
+    data = make_random_dataset(tmp_path / "data", n=2, size=32)
+    run = tmp_path / "run"
+    args = ["train", "--data", str(data), "--out", str(run), *FAST, "--set", "iterations=2"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "losses at step 2" in out and "\nlosses: \n" not in out
+    before = _files(run)
+    assert main([*args, "seed=5"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "seed" in err and "--fresh" in err
+    assert main([*args, "num_classes=2"]) == 2
+    assert "--fresh" in capsys.readouterr().err
+    assert main(args) == 0  # already at step 2
+    out = capsys.readouterr().out
+    assert "already at step 2" in out and "losses" not in out
+    assert _files(run) == before
+
+
+def test_labels_are_shown_as_a_name_to_index_map(tmp_path, capsys, caplog):
+    import logging
+
+    from hagan.cli import main
+
+    data = make_random_dataset(tmp_path / "data", n=4, size=32, labels=["lung", "brain"])
+    with caplog.at_level(logging.INFO, logger="hagan.train"):
+        assert main(["train", "--data", str(data), "--out", str(tmp_path / "u"), *FAST,
+                     "--set", "iterations=1"]) == 0
+    assert "num_classes=2" in caplog.text  # the hint for a conditional model
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "c"), *FAST,
+                 "--set", "iterations=1", "num_classes=2"]) == 0
+    capsys.readouterr()
+    assert main(["generate", str(tmp_path / "c"), "--n", "1", "--label", "5",
+                 "--out", str(tmp_path / "g")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "brain=0, lung=1" in err
