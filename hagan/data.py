@@ -31,7 +31,7 @@ from torch.utils.data import Dataset, Sampler
 from . import fileio
 from .config import PathLike
 from .errors import ConfigError, DataError, explain
-from .fileio import atomic_target
+from .fileio import atomic_target, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def read_manifest(root: PathLike) -> list[Record]:
 
 
 def write_info(root: PathLike, info: dict[str, Any]) -> None:
-    atomic_write_text(Path(root) / "dataset.json", json.dumps(info, indent=2) + "\n")
+    write_json(Path(root) / "dataset.json", info)
 
 
 def read_info(root: PathLike) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -213,10 +214,13 @@ def load_weights_only(path: PathLike, what: str = "file",
     except Exception as exc:  # torch raises several types for bad files
         text = str(exc)
         if "WeightsUnpickler" in text or "Unsupported global" in text:
+            found = re.search(r"GLOBAL (\S+)", text)  # the class the pickle asks for, if named
+            holds = f"{found.group(1)}, not only tensors" if found else (
+                "Python objects other than tensors and plain containers")
             raise CheckpointError(
-                f"refusing to load {what} {path}: it holds Python objects other than tensors "
-                "and plain containers, which could run code when unpickled (hagan loads with "
-                "weights_only=True)") from None
+                f"refusing to load {what} {path}: it holds {holds}, which could run code when "
+                "unpickled (hagan loads with weights_only=True). If you trust the file, re-save "
+                "just its state dict with torch.save") from None
         raise CheckpointError(f"{what} {path} is truncated or corrupt ({type(exc).__name__}); "
                               "use an earlier copy") from None
 

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from . import slab
-from .config import Config, preset
+from .config import FEATURE_STRIDE, Config, preset
 from .models import Discriminator, Generator, build_models, count_parameters
 
 
@@ -23,7 +23,7 @@ def trace_shapes(cfg: Config, batch: int = 1, slab_start: int = 0
         features = G.features(z)
         slab, low = G(z, slab_start)
         logit, _ = D(slab, low, slab_start)
-        start = slab_start // 4
+        start = slab_start // FEATURE_STRIDE
         volume = G.generate(z)
     d = cfg.feature_slab_depth
     return [

@@ -13,7 +13,6 @@ notebook and a ``timings.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import resource
 import sys
@@ -23,6 +22,7 @@ from typing import Any
 
 from .config import PathLike
 from .errors import HaganError, RunError, explain
+from .fileio import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -168,8 +168,7 @@ def run_all(out_dir: PathLike, work_dir: PathLike, smoke: bool,
                           "cell)")
     total = sum(r["seconds"] for r in results)
     print(f"all notebooks: {total:.1f} s ({total / 60:.1f} min); executed copies and HTML in {out}")
-    (out / "timings.json").write_text(json.dumps({"mode": mode, "notebooks": results}, indent=2)
-                                      + "\n", encoding="utf-8")
+    write_json(out / "timings.json", {"mode": mode, "notebooks": results})
     if failed:
         raise NotebookError(f"{len(failed)} notebook(s) failed:\n" + "\n".join(failed))
     return out

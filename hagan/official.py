@@ -25,8 +25,6 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import pickle
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +36,7 @@ from torch import nn
 from .checkpoint import CheckpointError
 from .config import Config, PathLike, preset
 from .errors import ConfigError, RunError, explain
+from .fileio import load_weights_only
 from .models import Discriminator, Encoder, Generator, SubEncoder, count_parameters
 
 logger = logging.getLogger(__name__)
@@ -167,29 +166,8 @@ def read_official_file(path: PathLike) -> dict[str, torch.Tensor]:
                                       "Check the path."))
     if not path.is_file():
         raise CheckpointError(f"{path} is not a file; expected a .pth file such as G_iter80000.pth")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if "Weights only load failed" not in str(exc):
-            raise _not_torch(path, exc) from None
-        found = re.search(r"GLOBAL (\S+)", str(exc))
-        if found is None:  # an unsupported opcode: random bytes rather than a crafted pickle
-            raise _not_torch(path, exc) from None
-        raise CheckpointError(
-            f"{path} holds {found.group(1)}, not only tensors; hagan reads weights with "
-            "torch.load(weights_only=True) and never unpickles other objects (they could run "
-            "code). If you trust the file, re-save just {'model': net.state_dict()}"
-        ) from None
-    except Exception as exc:  # torch raises many types for files that are not torch files
-        raise _not_torch(path, exc) from None
+    obj = load_weights_only(path, "published weights file")
     return _strip_prefix(_extract_state(path, obj))
-
-
-def _not_torch(path: Path, exc: Exception) -> CheckpointError:
-    first_line = (str(exc).splitlines() or [""])[0][:80]
-    return CheckpointError(f"{path} is not a PyTorch file (torch.load failed: "
-                           f"{type(exc).__name__} {first_line}); expected a .pth file written by "
-                           "the published train.py")
 
 
 def _extract_state(path: Path, obj: object) -> dict[str, torch.Tensor]:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .config import SLAB_FRACTION, Config
+from .config import FEATURE_STRIDE, SLAB_FRACTION, Config
 from .models import Discriminator, Generator, HighResHead
 from .slab import low_res, slab_position
 
@@ -36,7 +36,8 @@ def slab_cost(size: int, feature_depth: int, width: float = 0.125, batch: int = 
     cfg = Config(size=size, width=width, latent_dim=8)
     dev = torch.device(device)
     head = HighResHead(cfg).to(dev)
-    features = torch.randn(batch, cfg.channels(64), feature_depth, size // 4, size // 4,
+    side = size // FEATURE_STRIDE  # trunk features live at S/4
+    features = torch.randn(batch, cfg.channels(64), feature_depth, side, side,
                            device=dev, requires_grad=True)
     meter = SavedTensorMeter(list(head.parameters()))
     t0 = time.perf_counter()

@@ -248,10 +248,12 @@ def test_directory_instead_of_file(tmp_path: Path) -> None:
         read_official_file(tmp_path)
 
 
-@pytest.mark.parametrize("content", [b"", b"hello world", bytes(range(256)) * 8])
-def test_garbage_file(tmp_path: Path, content: bytes) -> None:
+@pytest.mark.parametrize(("content", "why"), [(b"", "is empty"),
+                                              (b"hello world", "is not a PyTorch file"),
+                                              (bytes(range(256)) * 8, "is not a PyTorch file")])
+def test_garbage_file(tmp_path: Path, content: bytes, why: str) -> None:
     (tmp_path / "G.pth").write_bytes(content)
-    with pytest.raises(CheckpointError, match="G.pth is not a PyTorch file"):
+    with pytest.raises(CheckpointError, match=f"G.pth {why}"):
         load_official(128, tmp_path / "G.pth")
 
 
