@@ -141,11 +141,13 @@ def plot_losses(records: Sequence[Mapping[str, float]], title: str = "training l
         else:
             x = steps
         ax = ax_gan if key in ("loss_d", "loss_g") else ax_rec
-        ax.plot(x, y, label=label)
+        # markers when there are few points: a one-record log would otherwise draw nothing
+        ax.plot(x, y, label=label, marker="o" if len(x) < 20 else None)
     ax_gan.set_title("adversarial losses (BCE)")
     ax_rec.set_title("encoder reconstruction losses (L1)")
     for ax in (ax_gan, ax_rec):
         ax.set_xlabel("iteration")
+        ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))  # iterations are whole
         ax.set_ylabel("loss")
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
