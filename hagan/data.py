@@ -28,10 +28,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from . import fileio
 from .config import PathLike
 from .errors import ConfigError, DataError, explain
-from .fileio import atomic_target, write_json
+from .fileio import atomic_target, atomic_write_text, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -47,16 +46,6 @@ class Record:
     source: str = ""
     original_shape: str = ""
     original_spacing: str = ""
-
-
-def atomic_save_npy(path: PathLike, array: np.ndarray) -> None:
-    """Write ``array`` to ``path`` atomically (:func:`hagan.fileio.atomic_save_npy`)."""
-    fileio.atomic_save_npy(path, array)
-
-
-def atomic_write_text(path: PathLike, text: str) -> None:
-    """Write a UTF-8 text file atomically (:func:`hagan.fileio.atomic_write_text`)."""
-    fileio.atomic_write_text(path, text)
 
 
 def write_manifest(root: PathLike, records: Sequence[Record]) -> None:

@@ -28,9 +28,9 @@ import numpy as np
 import torch
 
 from .config import ALLOWED_SIZES, MAX_SIZE, MIN_SIZE, PathLike
-from .data import DataError, Record, atomic_save_npy, read_info, write_info, write_manifest
+from .data import DataError, Record, read_info, write_info, write_manifest
 from .errors import ConfigError, RunError, explain
-from .fileio import is_lock_file
+from .fileio import atomic_save_npy, is_lock_file
 from .preprocess import single_thread
 
 logger = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ Per file (the steps of the published ``preprocess.py``, plus orientation and asp
     trim blank axial slices at both ends                  tio.Crop
     longest side in mm -> S voxels, anti-aliased          tio.Resample(antialias=True)
     pad the other sides to S (keeps the aspect ratio)     tio.CropOrPad, background -1
-    store (z, y, x) float16 in [-1, 1]                    hagan.data.atomic_save_npy
+    store (z, y, x) float16 in [-1, 1]                    hagan.fileio.atomic_save_npy
 
 Differences from the published script (batmanlab/HA-GAN, preprocess.py): its input-path bug
 is gone, volumes are reoriented, the aspect ratio is kept (it stretches to a cube), only blank
@@ -61,9 +61,9 @@ from typing import Any
 import numpy as np
 
 from .config import ALLOWED_SIZES, MAX_SIZE, MIN_SIZE, PathLike
-from .data import DataError, Record, atomic_save_npy, atomic_write_text, write_info, write_manifest
+from .data import DataError, Record, write_info, write_manifest
 from .errors import ConfigError, RunError, explain
-from .fileio import is_lock_file
+from .fileio import atomic_save_npy, atomic_write_text, is_lock_file
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hagan.data import Record, atomic_save_npy, write_info, write_manifest
+from hagan.data import Record, write_info, write_manifest
+from hagan.fileio import atomic_save_npy
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -34,7 +34,8 @@ from helpers import make_random_dataset, run_cli
 from hagan import checkpoint as ckpt
 from hagan.cli import main
 from hagan.config import preset
-from hagan.data import Record, atomic_save_npy, write_info, write_manifest
+from hagan.data import Record, write_info, write_manifest
+from hagan.fileio import atomic_save_npy
 from hagan.models import build_models
 
 

@@ -34,8 +34,8 @@ from helpers import REPO, make_random_dataset
 from hagan import checkpoint as ckpt
 from hagan.cli import main
 from hagan.config import preset
-from hagan.data import atomic_save_npy, read_info, write_info
-from hagan.fileio import is_lock_file
+from hagan.data import read_info, write_info
+from hagan.fileio import atomic_save_npy, is_lock_file
 
 EVERY = 2
 TRAIN = ["--preset", "tiny32", "--set", f"checkpoint_every={EVERY}", "--set", "log_every=1",
