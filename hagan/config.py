@@ -78,6 +78,17 @@ class Config:
         d_augment: Differentiable augmentation of every input D sees, real and generated, in the
             D and the G step (:mod:`hagan.augment`, DiffAugment). Against the collapse of a GAN
             trained on few volumes. Not in the paper: off by default.
+        d_minibatch_std: Give D^H and D^L one more input channel before their last convolution:
+            the standard deviation of their features across the batch
+            (:func:`hagan.models.minibatch_std`; Karras et al., ICLR 2018). D then sees whether a
+            batch is as varied as real data, which counters mode collapse on small cohorts. Not
+            in the paper: off by default; an architecture key (a checkpoint is built with it or
+            without it).
+        r1_gamma: Weight of the R1 penalty in the D step, (gamma / 2) E ||grad_x D(x)||^2 over
+            real inputs (both views: slab and low-res image; Mescheder et al., "Which training
+            methods for GANs do actually converge?", ICML 2018). It keeps D flat around the
+            real data, which damps the oscillation of a small GAN. Costs a second backward
+            through D. Not in the paper: 0 by default.
         workers: DataLoader worker processes.
         precision: ``fp32``, ``bf16`` or ``fp16`` autocast (fp16 uses a GradScaler).
         device: ``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N`` (the N-th GPU).
@@ -120,6 +131,8 @@ class Config:
     holdout_fraction: float = 0.2
     augment: bool = False
     d_augment: bool = False
+    d_minibatch_std: bool = False
+    r1_gamma: float = 0.0
     workers: int = 0
     # runtime
     precision: str = "fp32"
@@ -149,6 +162,13 @@ class Config:
             _check_positive(name, getattr(self, name))
         for name in ("lr_g", "lr_d", "lr_e"):
             _check_positive(name, getattr(self, name))
+        if not self.r1_gamma >= 0:
+            raise ConfigError(explain("r1_gamma", "a value >= 0", str(self.r1_gamma),
+                                      _fix("r1_gamma")))
+        if self.r1_gamma and self.batched_d_step:
+            raise ConfigError(explain("r1_gamma", "the published D step (real volumes in their "
+                                      "own D pass)", "batched_d_step=True",
+                                      "Drop batched_d_step, or set r1_gamma=0."))
         for name in ("num_classes", "workers", "image_every", "diversity_every", "seed"):
             if int(getattr(self, name)) < 0:
                 raise ConfigError(explain(name, "a value >= 0", str(getattr(self, name)),
@@ -317,12 +337,17 @@ PRESETS: dict[str, dict[str, Any]] = {
     # A CPU-friendly 64^3 model: about 20x fewer FLOPs than paper128.
     "small64": dict(size=64, width=0.25, latent_dim=256, batch_size=4, iterations=2000,
                     log_every=10, image_every=100, checkpoint_every=200),
-    # For CI, Binder and debugging: a full iteration in well under a second on 2 CPU cores.
-    # G learns at D's rate here: on the demo cohort, 600 iterations with the paper's 1e-4 gave a
-    # dark box; with lr_g = 4e-4 they give head-sized blobs that are all nearly the same (mode
-    # collapse: MS-SSIM among samples 0.82 vs 0.59 among real volumes; docs/teaching.md).
+    # For CI and debugging: a full iteration in well under a second on 2 CPU cores. It learns
+    # little: on the demo cohort its samples collapse to one blob (docs/teaching.md).
     "tiny32": dict(size=32, width=0.125, latent_dim=64, batch_size=4, iterations=300,
                    lr_g=4e-4, log_every=10, image_every=50, checkpoint_every=100),
+    # The CPU recipe that learns on the 64-volume demo cohort (make demo, the notebooks' cpu
+    # scale; issue 17): twice tiny32's width, the minibatch standard deviation in D, an R1
+    # penalty of 0.3, G and D both at 2e-4, 2000 iterations (measured at 3 seeds:
+    # docs/teaching.md, "A demo that learns").
+    "demo32": dict(size=32, width=0.25, latent_dim=64, batch_size=4, iterations=2000,
+                   lr_g=2e-4, lr_d=2e-4, d_minibatch_std=True, r1_gamma=0.3, log_every=20,
+                   image_every=200, diversity_every=200, checkpoint_every=500),
 }
 
 

@@ -1,11 +1,13 @@
-"""The main job behind ``make demo``: demo cohort -> tiny32 training -> samples -> figures.
+"""The main job behind ``make demo``: demo cohort -> demo32 training -> samples -> figures.
 
     python -m hagan.demo_job --out outputs [--iterations N] [--no-notebooks]
 
 Steps: build the offline demo cohort (nilearn's MNI152 template with TorchIO random transforms),
-train the ``tiny32`` preset (GPU when present), write generated volumes as NIfTI, save a PNG of
-real vs generated orthogonal slices and the loss curves, then (unless --no-notebooks) execute
-every notebook and write executed copies and HTML into ``OUT/notebooks``.
+train the ``demo32`` preset (the CPU recipe that learns on this cohort; GPU when present), write
+generated volumes as NIfTI, save PNGs of real vs generated orthogonal slices, the loss curves and
+the diversity checks, then (unless --no-notebooks) execute every notebook and write executed
+copies and HTML into ``OUT/notebooks``. The cohort and the model are made where the notebooks
+look for them (``OUT/notebook_work``), so notebooks 03-06 show this model, not another one.
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ import sys
 import time
 from pathlib import Path
 
+from .config import PRESETS
 from .errors import HaganError, explain
 
 logger = logging.getLogger(__name__)
 
 MIN_SUBJECTS = 3  # the real-vs-generated figure shows three real volumes
+PRESET = "demo32"  # the CPU recipe that learns on the demo cohort (hagan.config.PRESETS)
 
 
 def run(out: Path, iterations: int, n_subjects: int, seed: int, notebooks: bool) -> int:
@@ -28,12 +32,12 @@ def run(out: Path, iterations: int, n_subjects: int, seed: int, notebooks: bool)
 
     Args:
         out: Output folder (created; an earlier demo's run in it is resumed, never overwritten).
-        iterations: tiny32 training iterations.
+        iterations: demo32 training iterations.
         n_subjects: Size of the demo cohort (at least 3: three real volumes are plotted).
         seed: Seed of the cohort, the training run and the samples.
         notebooks: Execute every notebook into ``out/notebooks`` at the end.
     """
-    from . import demo, viz
+    from . import demo, teaching, viz
     from .config import preset
     from .data import PreparedDataset, save_nifti
     from .generate import output_settings, sample, sample_name
@@ -43,16 +47,20 @@ def run(out: Path, iterations: int, n_subjects: int, seed: int, notebooks: bool)
     t0 = time.perf_counter()
     print_env()
     out.mkdir(parents=True, exist_ok=True)
-    data_dir = out / "demo_data"
-    print(f"[1/4] demo cohort: {n_subjects} volumes at 32^3 -> {data_dir}")
-    demo.make_demo_dataset(data_dir, n=n_subjects, size=32, seed=seed, force=True)
+    # the notebooks' work dir and their names for the cohort and the run: they reuse both
+    nb_work = out / "notebook_work"
+    cfg = preset(PRESET, iterations=iterations, seed=seed)
+    data_dir = teaching.demo_path(nb_work, cfg.size)
+    print(f"[1/4] demo cohort: {n_subjects} volumes at {cfg.size}^3 -> {data_dir}")
+    if demo.is_built(data_dir, n=n_subjects, size=cfg.size, seed=seed):
+        print("      (already built by an earlier demo: reused)")
+    else:
+        demo.make_demo_dataset(data_dir, n=n_subjects, size=cfg.size, seed=seed, force=True)
 
-    run_dir = out / "run_tiny32"
-    print(f"[2/4] training tiny32 for {iterations} iterations -> {run_dir}")
-    # diversity_every: the collapse watch (MS-SSIM among 8 samples of fixed z, in the log)
-    cfg = preset("tiny32", iterations=iterations, data=str(data_dir), seed=seed,
-                 diversity_every=100)
-    result = train(cfg, run_dir)  # an earlier demo's run is resumed, never overwritten
+    run_dir = teaching.run_path(nb_work, PRESET)
+    print(f"[2/4] training {PRESET} for {iterations} iterations -> {run_dir}")
+    # diversity_every (in the preset): the collapse watch, MS-SSIM among 8 samples of fixed z
+    result = train(cfg.replace(data=str(data_dir)), run_dir)  # an earlier run is resumed
 
     print("[3/4] sampling 8 volumes")
     from .checkpoint import load_models, read_metrics
@@ -66,23 +74,25 @@ def run(out: Path, iterations: int, n_subjects: int, seed: int, notebooks: bool)
     real_ds = PreparedDataset(data_dir, size=32)
     real = [real_ds[i] for i in range(MIN_SUBJECTS)]
     fig = viz.plot_real_vs_generated(real, list(fake[:3]),
-                                     title=f"demo cohort vs tiny32 samples after {result.step} "
+                                     title=f"demo cohort vs {PRESET} samples after {result.step} "
                                            "iterations")
     fig_path = viz.save(fig, out / "real_vs_generated.png")
-    loss_path = viz.save(viz.plot_losses(read_metrics(run_dir), title="tiny32 training losses"),
+    loss_path = viz.save(viz.plot_losses(read_metrics(run_dir), title=f"{PRESET} training losses"),
                          out / "losses.png")
     checks = [r for r in read_metrics(run_dir) if "ms_ssim_fake" in r]
-    diversity_path = (viz.save(viz.plot_diversity(checks, title="tiny32: diversity during "
+    diversity_path = (viz.save(viz.plot_diversity(checks, title=f"{PRESET}: diversity during "
                                                   "training"), out / "diversity.png")
                       if checks else None)
 
-    nb_dir, nb_work, nb_failed = None, out / "notebook_work", ""
+    nb_dir, nb_failed = None, ""
     if notebooks:
         from .notebook_runner import NotebookError, run_all
 
         print("[4/4] executing the notebooks")
         try:
-            nb_dir = run_all(out / "notebooks", work_dir=nb_work, smoke=False)
+            nb_dir = run_all(out / "notebooks", work_dir=nb_work, smoke=False,
+                             extra={"seed": seed, "n_subjects": n_subjects,
+                                    "iterations": iterations})
         except NotebookError as exc:  # every notebook was attempted; summarise, no traceback
             nb_dir, nb_failed = out / "notebooks", str(exc)
     else:
@@ -113,14 +123,21 @@ def run(out: Path, iterations: int, n_subjects: int, seed: int, notebooks: bool)
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m hagan.demo_job", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="outputs", help="output folder (default outputs/)")
-    p.add_argument("--iterations", type=int, default=600, help="tiny32 iterations (default 600)")
+    default_iterations = PRESETS[PRESET]["iterations"]
+    p.add_argument("--iterations", type=int, default=default_iterations,
+                   help=f"{PRESET} iterations (default {default_iterations})")
     p.add_argument("--n", type=int, default=64, help="demo cohort size (default 64)")
     p.add_argument("--seed", type=int, default=0, help="seed of cohort, run and samples")
     p.add_argument("--no-notebooks", action="store_true", help="skip executing the notebooks")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = build_parser()
     args = p.parse_args(argv)
     if args.n < MIN_SUBJECTS:
         p.error(explain("--n", f"at least {MIN_SUBJECTS} volumes (three real volumes are "

@@ -31,6 +31,20 @@ NORM_GROUPS = 8  # every GroupNorm of G, E and E^G uses 8 groups (official code)
 LEAK = 0.2  # LeakyReLU slope of the discriminator
 
 
+def minibatch_std(h: torch.Tensor) -> torch.Tensor:
+    """Append one channel: the standard deviation of ``h`` (B, C, ...) across the batch,
+    averaged over channels and positions, broadcast to every sample -> (B, C + 1, ...).
+
+    Not in HA-GAN: the minibatch standard deviation of Karras et al., "Progressive Growing of
+    GANs", ICLR 2018, section 3. D sees how varied a batch is, so a generator that answers every
+    z with the same volume is easy to tell apart: a cure for mode collapse on small cohorts.
+    The whole batch is one group; the trainer passes real and generated volumes in separate D
+    calls (the published D step), so each batch is of one kind. A batch of one gives 0.
+    """
+    std = h.float().var(dim=0, unbiased=False).add(1e-8).sqrt().mean()  # a scalar
+    return torch.cat([h, std.to(h.dtype).expand(h.shape[0], 1, *h.shape[2:])], dim=1)
+
+
 # ---------------------------------------------------------------------------------------------
 # Shared layers
 # ---------------------------------------------------------------------------------------------
@@ -291,6 +305,7 @@ class HighResDiscriminator(nn.Module):
     def __init__(self, cfg: Config) -> None:
         super().__init__()
         ch = cfg.channels
+        self.extra = int(cfg.d_minibatch_std)  # the minibatch-std channel before the last conv
         # k4s2p1 convs until the slab is (S/32... ) -> (4, 32, 32): log2(S/32) of them.
         n_head = cfg.num_upsamplings - 1
         head = [ch(c) for c in HIGH_HEAD_CHANNELS[len(HIGH_HEAD_CHANNELS) - n_head:]]
@@ -301,7 +316,8 @@ class HighResDiscriminator(nn.Module):
             SNConv3d(c, ch(128), (2, 4, 4), 2, (0, 1, 1)),  # (B, 128, 2, 16, 16)
             SNConv3d(ch(128), ch(256), (2, 4, 4), 2, (0, 1, 1)),  # (B, 256, 1, 8, 8)
             SNConv3d(ch(256), ch(512), (1, 4, 4), (1, 2, 2), (0, 1, 1)),  # (B, 512, 1, 4, 4)
-            SNConv3d(ch(512), ch(128), (1, 4, 4), 1, 0),  # (B, 128, 1, 1, 1)
+            # + 1 input channel with cfg.d_minibatch_std (not in the paper)
+            SNConv3d(ch(512) + self.extra, ch(128), (1, 4, 4), 1, 0),  # (B, 128, 1, 1, 1)
         ]
         self.convs = nn.ModuleList(layers)
         self.fc1 = SNLinear(ch(128) + 1, ch(64))
@@ -311,7 +327,9 @@ class HighResDiscriminator(nn.Module):
     def forward(self, slab: torch.Tensor, position: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
         h = slab
-        for conv in self.convs:
+        for i, conv in enumerate(self.convs):
+            if self.extra and i == len(self.convs) - 1:
+                h = minibatch_std(h)  # (B, 513, 1, 4, 4)
             h = F.leaky_relu(conv(h), LEAK, inplace=True)  # conv outputs are not saved
         h = h.flatten(1)  # (B, 128); flatten, not squeeze, so batch size 1 works
         h = torch.cat([h, position.to(h).view(-1, 1)], dim=1)  # (B, 129)
@@ -332,14 +350,17 @@ class LowResDiscriminator(nn.Module):
         chans = [cfg.channels(c) for c in LOW_CHANNELS[len(LOW_CHANNELS) - n:]]
         c_in = [1] + chans
         layers: list[nn.Module] = [SNConv3d(a, b, 4, 2, 1) for a, b in zip(c_in, chans)]
-        layers.append(SNConv3d(chans[-1], 1 + cfg.num_classes, 4, 1, 0))  # (B, 1 + nc, 1, 1, 1)
-        self.convs = nn.ModuleList(layers)
+        self.extra = int(cfg.d_minibatch_std)  # the minibatch-std channel before the last conv
+        layers.append(SNConv3d(chans[-1] + self.extra, 1 + cfg.num_classes, 4, 1, 0))
+        self.convs = nn.ModuleList(layers)  # last: (B, 1 + nc, 1, 1, 1)
         self.num_classes = cfg.num_classes
 
     def forward(self, low: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         h = low
         for conv in self.convs[:-1]:
             h = F.leaky_relu(conv(h), LEAK, inplace=True)  # conv outputs are not saved
+        if self.extra:
+            h = minibatch_std(h)  # (B, 257, 4, 4, 4)
         h = self.convs[-1](h).flatten(1)  # (B, 1 + num_classes)
         return h[:, :1], (h[:, 1:] if self.num_classes else None)
 

@@ -56,12 +56,17 @@ def notebook_paths(notebook_dir: PathLike | None = None) -> list[Path]:
     return paths
 
 
-def parameters_for(path: Path, work_dir: PathLike, smoke: bool) -> dict[str, Any]:
-    """The run parameters that the notebook's ``parameters`` cell declares."""
+def parameters_for(path: Path, work_dir: PathLike, smoke: bool,
+                   extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The run parameters that the notebook's ``parameters`` cell declares.
+
+    ``extra``: more parameters (e.g. ``seed``, ``n_subjects``), each passed only to the notebooks
+    that declare it.
+    """
     import papermill as pm
 
     wanted = {"work_dir": str(Path(work_dir).resolve()), "smoke": smoke,
-              "scale": "smoke" if smoke else "cpu", "interactive": False}
+              "scale": "smoke" if smoke else "cpu", "interactive": False, **(extra or {})}
     declared = pm.inspect_notebook(str(path))
     required = ("work_dir", "smoke")  # every notebook has them (tests/test_notebooks.py checks)
     return {k: v for k, v in wanted.items() if k in declared or k in required}
@@ -97,7 +102,7 @@ def error_summary(exc: BaseException) -> str:
 
 
 def run_notebook(path: Path, out_path: Path, work_dir: PathLike, smoke: bool,
-                 html: bool = True) -> dict[str, Any]:
+                 html: bool = True, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Execute one notebook with papermill into ``out_path`` (and its HTML next to it).
 
     Returns:
@@ -116,7 +121,8 @@ def run_notebook(path: Path, out_path: Path, work_dir: PathLike, smoke: bool,
     try:
         # coalesce_streams: each cell's stdout/stderr is one block with carriage returns applied,
         # so that a text progress bar is saved in its final state (100 %), not as every redraw.
-        pm.execute_notebook(str(path), str(out_path), parameters=parameters_for(path, work, smoke),
+        pm.execute_notebook(str(path), str(out_path), parameters=parameters_for(path, work, smoke,
+                                                                              extra),
                             kernel_name=KERNEL_NAME, cwd=str(work), progress_bar=False,
                             log_output=False, execution_timeout=CELL_TIMEOUT_S,
                             extra_arguments=KERNEL_ARGS, coalesce_streams=True)
@@ -132,7 +138,7 @@ def run_notebook(path: Path, out_path: Path, work_dir: PathLike, smoke: bool,
 
 
 def run_all(out_dir: PathLike, work_dir: PathLike, smoke: bool,
-            notebook_dir: PathLike | None = None) -> Path:
+            notebook_dir: PathLike | None = None, extra: dict[str, Any] | None = None) -> Path:
     """Execute every notebook, then every solution, in order, sharing ``work_dir``.
 
     Args:
@@ -141,6 +147,9 @@ def run_all(out_dir: PathLike, work_dir: PathLike, smoke: bool,
         work_dir: The work dir all notebooks share (data, checkpoints, samples, figures).
         smoke: CI settings (seconds per notebook) instead of the CPU-sized ``make demo`` ones.
         notebook_dir: Folder of the notebooks (default: ``notebooks/`` of this checkout).
+        extra: More papermill parameters, each given to the notebooks that declare it
+            (``make demo`` passes its ``seed``, ``n_subjects`` and ``iterations``, so that the
+            notebooks find the demo's cohort and model instead of making others).
 
     Returns:
         ``out_dir``.
@@ -158,7 +167,7 @@ def run_all(out_dir: PathLike, work_dir: PathLike, smoke: bool,
         target = out / (SOLUTIONS if path.parent.name == SOLUTIONS else "") / path.name
         # the name first, so a long notebook (training) shows what is running; the time after
         print(f"[{i:>2}/{len(paths)}] {path.stem:<48}", end=" ", flush=True)
-        res = run_notebook(path, target, work_dir, smoke)
+        res = run_notebook(path, target, work_dir, smoke, extra=extra)
         results.append(res)
         status = "ok" if res["ok"] else "FAILED"
         print(f"{res['seconds']:7.1f} s (CPU {res['cpu_seconds']:.1f} s) {status}", flush=True)

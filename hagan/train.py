@@ -53,7 +53,8 @@ from .runtime import autocast_context, init_distributed, resolve_device, shutdow
 logger = logging.getLogger(__name__)
 
 # Config keys that define the networks: a resumed run must keep them.
-ARCHITECTURE_KEYS = ("size", "width", "latent_dim", "num_classes", "low_res_critic")
+ARCHITECTURE_KEYS = ("size", "width", "latent_dim", "num_classes", "low_res_critic",
+                     "d_minibatch_std")
 # what a resumed run keeps from its checkpoint, whatever is requested
 RESUME_FIXED_KEYS = ARCHITECTURE_KEYS + ("seed",)
 DIVERSITY_SAMPLES = 8  # volumes generated from fixed latents for the collapse watch
@@ -70,6 +71,20 @@ class TrainingInterrupted(Exception):
 
 class NonFiniteLossError(RunError):
     """A loss became NaN or infinite; training stopped without saving the broken state."""
+
+
+def r1_penalty(real_logit: torch.Tensor, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """R1 (Mescheder et al., ICML 2018, eq. 9): E_x ||grad_x D(x)||^2 over real volumes, the
+    squared gradient norms of every input view (slab and low-res image) summed per volume, then
+    averaged over the batch; a scalar, differentiable in D's weights.
+
+    Args:
+        real_logit: D's logits (B, 1) for the real inputs.
+        inputs: The real inputs D saw, created with ``requires_grad=True``.
+    """
+    grads = torch.autograd.grad(real_logit.float().sum(), list(inputs), create_graph=True)
+    per_volume = torch.stack([g.float().pow(2).flatten(1).sum(1) for g in grads]).sum(0)  # (B,)
+    return per_volume.mean()
 
 
 def set_requires_grad(net: nn.Module, flag: bool) -> None:
@@ -294,8 +309,11 @@ class Trainer:
                 real_logit, fake_logit = logits[:B], logits[B:]
                 real_cls = cls[:B] if cls is not None else None
             else:
-                real_logit, real_cls = train["D"](*self.d_view(x_slab, x_low, 0),
-                                                  c_d)  # (B, 1), (B, nc) or None
+                real_in = self.d_view(x_slab, x_low, 0)
+                if cfg.r1_gamma:  # the penalty needs the gradient with respect to the input
+                    real_in = (real_in[0].detach().requires_grad_(True),
+                               real_in[1].detach().requires_grad_(True))
+                real_logit, real_cls = train["D"](*real_in, c_d)  # (B, 1), (B, nc) or None
                 fake_logit, _ = train["D"](*self.d_view(fake_slab, fake_low, 1), c_d)
         loss_d_real = F.binary_cross_entropy_with_logits(real_logit.float(), ones)
         loss_d_fake = F.binary_cross_entropy_with_logits(fake_logit.float(), zeros)
@@ -303,6 +321,8 @@ class Trainer:
         if real_cls is not None:  # AC-GAN term on real volumes only, weight 1
             assert y is not None, "a conditional model is trained with labels y"
             loss_d = loss_d + F.cross_entropy(real_cls.float(), y)
+        if cfg.r1_gamma:  # R1 (Config refuses it with batched_d_step)
+            loss_d = loss_d + 0.5 * cfg.r1_gamma * r1_penalty(real_logit, real_in)
         self._update("D", loss_d)
 
         # 2. G step(s): a fresh z per update, same slab position c.
@@ -769,8 +789,12 @@ def _absolute_data(cfg: Config, state: dict[str, Any] | None) -> Config:
 
 
 def train(cfg: Config, run_dir: PathLike, dataset: Dataset | None = None,
-          resume: bool = True, fresh: bool = False) -> TrainResult:
+          resume: bool = True, fresh: bool = False,
+          explicit: Collection[str] = ()) -> TrainResult:
     """Train (or resume) a run; see :class:`Trainer`.
+
+    ``explicit``: the config keys the caller chose on purpose; resuming a run whose value of one
+    of them differs (e.g. ``seed``) is refused instead of keeping the run's value.
 
     Example:
         >>> from hagan import preset
@@ -778,7 +802,8 @@ def train(cfg: Config, run_dir: PathLike, dataset: Dataset | None = None,
         >>> cfg = preset("tiny32", iterations=20, data="work/demo")
         >>> result = train(cfg, "work/run")  # doctest: +SKIP
     """
-    return Trainer(cfg, run_dir, dataset=dataset, resume=resume, fresh=fresh).train()
+    return Trainer(cfg, run_dir, dataset=dataset, resume=resume, fresh=fresh,
+                   explicit=explicit).train()
 
 
 # --- CLI: hagan train --preset P --data DIR --out RUN [--set key=value ...] --------------------

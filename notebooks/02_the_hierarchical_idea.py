@@ -32,7 +32,7 @@
 work_dir = ""  # shared work dir; empty means $HAGAN_WORK_DIR, else ~/hagan-work
 smoke = False  # True: tiny settings that run in seconds on a CPU (CI)
 scale = "auto"  # auto (gpu with CUDA, else cpu), smoke, cpu or gpu: the sizes used below
-preset = ""  # model preset; empty means the scale's (small64 GPU, tiny32 CPU)
+preset = ""  # model preset; empty means the scale's (small64 GPU, demo32 CPU, tiny32 smoke)
 n_subjects = 0  # demo cohort size, if this notebook has to make it; 0 means the scale's
 bench_sizes = []  # cube sizes to measure; empty: GPU 32-256, CPU 32-128, smoke 32-64
 bench_width = 0.0  # width of the measured networks; 0 means the scale's (1.0 is the paper's)

@@ -32,7 +32,7 @@
 work_dir = ""  # shared work dir; empty means $HAGAN_WORK_DIR, else ~/hagan-work
 smoke = False  # True: tiny settings that run in seconds on a CPU (CI)
 scale = "auto"  # auto (gpu with CUDA, else cpu), smoke, cpu or gpu: the sizes used below
-preset = ""  # model preset; empty means the scale's (small64 GPU, tiny32 CPU)
+preset = ""  # model preset; empty means the scale's (small64 GPU, demo32 CPU, tiny32 smoke)
 n_subjects = 0  # demo cohort size, if this notebook has to make it; 0 means the scale's
 iterations = 0  # training iterations if notebook 03's model is missing; 0 means the scale's
 n_samples = 0  # generated volumes: twice this; 0 means the scale default
@@ -157,8 +157,9 @@ print("verdict: " + ("MODE COLLAPSE: generated volumes are far more alike than r
 # A verdict of **mode collapse** means the generator makes nearly the same volume for every z:
 # the other numbers of this notebook then describe one volume, not a distribution. The training
 # log shows when it happened: notebook `03` (section 6) plots the diversity checks the trainer
-# records with `diversity_every`. The remedies are there too: more varied data, augmentation
-# that D sees (`d_augment=true`), a smaller learning rate for D, more iterations.
+# records with `diversity_every`. The remedies are there too: more varied data, more
+# iterations, and changes to D (the minibatch standard deviation and the R1 penalty of the
+# `demo32` preset, or augmentation that D sees, `d_augment=true`).
 
 # %%
 checks = [r for r in read_metrics(run) if "ms_ssim_fake" in r]

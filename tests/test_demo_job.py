@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from hagan import demo_job
+from hagan import demo_job, teaching
+from hagan.config import PRESETS
 from hagan.generate import sample_name
 
 
@@ -40,11 +41,27 @@ def test_tiny_run_writes_everything_the_summary_lists(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "[4/4] notebooks skipped" in text and "executed notebooks" not in text
     summary = text.split("Results:")[1]
-    for path in (out / "demo_data", out / "samples", out / "real_vs_generated.png",
-                 out / "losses.png", out / "run_tiny32" / "metrics.jsonl"):
+    # the cohort and the model lie where the notebooks look for them (notebook_work)
+    work = out / "notebook_work"
+    for path in (teaching.demo_path(work, 32), out / "samples", out / "real_vs_generated.png",
+                 out / "losses.png", teaching.run_path(work, "demo32") / "metrics.jsonl"):
         assert str(path) in summary and path.exists(), path
     checkpoint = re.search(r"checkpoint\s+(\S+)", summary)
     assert checkpoint and Path(checkpoint.group(1)).is_file()
     samples = sorted(p.name for p in (out / "samples").iterdir())
     assert samples == [sample_name(i) for i in range(8)]  # the names `hagan generate` uses
     assert (out / "real_vs_generated.png").stat().st_size > 0
+
+
+def test_demo_and_cpu_notebooks_use_one_model():
+    """make demo trains the model the cpu-scale notebooks would train: same preset, cohort size
+    and iterations, so notebooks 03-06 reuse it instead of training a weaker one."""
+    cpu = teaching.settings(scale="cpu", verbose=False)
+    parser_defaults = {a.dest: a.default for a in demo_job.build_parser()._actions}
+    assert cpu.preset == demo_job.PRESET == "demo32"
+    assert cpu.n_subjects == parser_defaults["n"]
+    assert cpu.iterations == parser_defaults["iterations"] == PRESETS["demo32"]["iterations"]
+    # Binder's image prebuilds the cpu cohorts: the same size, so the notebooks reuse them
+    postbuild = (Path(__file__).parents[1] / "binder" / "postBuild").read_text(encoding="utf-8")
+    sizes = re.findall(r"demo-data --out \S+ --n (\d+) --size (\d+)", postbuild)
+    assert sizes and all((int(n), int(size)) == (cpu.n_subjects, 32) for n, size in sizes)

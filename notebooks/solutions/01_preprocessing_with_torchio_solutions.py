@@ -23,7 +23,7 @@
 work_dir = ""  # shared work dir; empty means $HAGAN_WORK_DIR, else ~/hagan-work
 smoke = False  # True: tiny settings that run in seconds on a CPU (CI)
 scale = "auto"  # auto (gpu with CUDA, else cpu), smoke, cpu or gpu: the sizes used below
-preset = ""  # model preset (fixes the cube size); empty: small64 on GPU, tiny32 on CPU
+preset = ""  # model preset (fixes the cube size); empty: small64 on GPU, demo32 on CPU, tiny32 smoke
 device = "auto"  # auto, cpu or cuda
 seed = 0
 

@@ -23,7 +23,7 @@
 work_dir = ""  # shared work dir; empty means $HAGAN_WORK_DIR, else ~/hagan-work
 smoke = False  # True: tiny settings that run in seconds on a CPU (CI)
 scale = "auto"  # auto (gpu with CUDA, else cpu), smoke, cpu or gpu: the sizes used below
-preset = ""  # model preset; empty means the scale default (small64 GPU, tiny32 CPU)
+preset = ""  # model preset; empty means the scale default (small64 GPU, demo32 CPU, tiny32 smoke)
 n_subjects = 0  # demo cohort size, if it has to be made; 0 means the scale default
 device = "auto"  # auto, cpu or cuda
 seed = 0
