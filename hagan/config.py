@@ -88,7 +88,8 @@ class Config:
             real inputs (both views: slab and low-res image; Mescheder et al., "Which training
             methods for GANs do actually converge?", ICML 2018). It keeps D flat around the
             real data, which damps the oscillation of a small GAN. Costs a second backward
-            through D. Not in the paper: 0 by default.
+            through D. Not in the paper: 0 by default. One process only (not with torchrun).
+            The logged ``loss_d`` leaves the penalty out.
         workers: DataLoader worker processes.
         precision: ``fp32``, ``bf16`` or ``fp16`` autocast (fp16 uses a GradScaler).
         device: ``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N`` (the N-th GPU).

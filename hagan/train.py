@@ -80,10 +80,13 @@ def r1_penalty(real_logit: torch.Tensor, inputs: Sequence[torch.Tensor]) -> torc
 
     Args:
         real_logit: D's logits (B, 1) for the real inputs.
-        inputs: The real inputs D saw, created with ``requires_grad=True``.
+        inputs: The real inputs D saw, created with ``requires_grad=True``. An input D did
+            not use (the low-res image when ``low_res_critic=False``) adds nothing.
     """
-    grads = torch.autograd.grad(real_logit.float().sum(), list(inputs), create_graph=True)
-    per_volume = torch.stack([g.float().pow(2).flatten(1).sum(1) for g in grads]).sum(0)  # (B,)
+    grads = torch.autograd.grad(real_logit.float().sum(), list(inputs), create_graph=True,
+                                allow_unused=True)  # low-res unused without D^L (ablation)
+    per_volume = torch.stack([g.float().pow(2).flatten(1).sum(1) for g in grads
+                              if g is not None]).sum(0)  # (B,)
     return per_volume.mean()
 
 
@@ -141,6 +144,10 @@ class Trainer:
             ckpt.check_run_folder(self.run_dir)  # a folder of the user's own files: refused
         self.device = resolve_device(cfg.device)
         self.rank, self.world = init_distributed(self.device)
+        if self.world > 1 and cfg.r1_gamma:  # a double backward through DDP: never tested here
+            raise ConfigError(explain("r1_gamma", "0 in distributed (torchrun) training",
+                                      str(cfg.r1_gamma), "Train on one process, or set "
+                                      "r1_gamma=0."))
         self.is_main = self.rank == 0
         if self.device.type == "cuda":
             self.device = torch.device("cuda", torch.cuda.current_device() if self.world == 1
@@ -321,9 +328,10 @@ class Trainer:
         if real_cls is not None:  # AC-GAN term on real volumes only, weight 1
             assert y is not None, "a conditional model is trained with labels y"
             loss_d = loss_d + F.cross_entropy(real_cls.float(), y)
-        if cfg.r1_gamma:  # R1 (Config refuses it with batched_d_step)
-            loss_d = loss_d + 0.5 * cfg.r1_gamma * r1_penalty(real_logit, real_in)
-        self._update("D", loss_d)
+        if cfg.r1_gamma:  # R1 (refused with batched_d_step); the logged loss_d is without it
+            self._update("D", loss_d + 0.5 * cfg.r1_gamma * r1_penalty(real_logit, real_in))
+        else:
+            self._update("D", loss_d)
 
         # 2. G step(s): a fresh z per update, same slab position c.
         set_requires_grad(self.D, False)

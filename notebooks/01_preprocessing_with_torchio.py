@@ -196,5 +196,5 @@ teaching.show(viz.plot_orthogonal(mri[0], f"MNI152 prepared, {s.size}^3"),
 # %% [markdown]
 # ## Next
 #
-# `02_the_hierarchical_idea` explains why HA-GAN can train on such cubes at 256³ when a plain 3D
-# GAN cannot, and measures it on your machine.
+# `02_the_hierarchical_idea` explains how HA-GAN trains on such cubes at 256³ with a fraction of the
+# memory a plain 3D GAN needs, and measures it on your machine.

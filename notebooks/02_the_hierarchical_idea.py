@@ -329,4 +329,5 @@ for size in s.bench_sizes:
 # %% [markdown]
 # ## Next
 #
-# `03_training` trains a model with exactly this step (plus two encoders) and shows the losses.
+# `03_training` trains a model with this step (plus two encoders; the CPU preset `demo32` also
+# changes D in two ways, explained there) and shows the losses.

@@ -163,11 +163,12 @@ print("verdict: " + ("MODE COLLAPSE: generated volumes are far more alike than r
 
 # %%
 checks = [r for r in read_metrics(run) if "ms_ssim_fake" in r]
-if checks:
-    teaching.show(viz.plot_diversity(checks, title=f"{cfg.preset}: diversity during training"),
-                  figures / "05_diversity.png")
-else:
+if not checks:
     print("this run logged no diversity checks (train with diversity_every > 0 to get them)")
+curve = (teaching.show(viz.plot_diversity(checks, title=f"{cfg.preset}: diversity during "
+                                          "training"), figures / "05_diversity.png")
+         if checks else None)
+curve  # the figure (a bare last expression is what a notebook displays)
 
 # %% [markdown]
 # ## 5. Everything at once: `hagan.metrics.evaluate`

@@ -98,9 +98,9 @@ print(f"bf16 / fp32 median time: {bf16['s_per_iter'] / fp32['s_per_iter']:.2f}; 
 # Read the medians *with* their spread: on a shared or busy machine (Binder, a laptop running
 # other work) one iteration can take twice as long as the next, and a difference smaller than
 # the spread is noise. Whether bf16 helps depends on the hardware: CPUs without bf16 arithmetic
-# (AVX-512 BF16 or AMX) emulate it, and tiny32's small convolutions are dominated by overheads;
-# GPUs with bf16 tensor cores (A100, L4, H100) run the large paper-size convolutions faster and
-# keep activations at half the size (`benchmarks/RESULTS.md` has measured numbers). Further
+# (AVX-512 BF16 or AMX) emulate it, and the CPU presets' small convolutions are dominated by
+# overheads; GPUs with bf16 tensor cores (A100, L4, H100) run the large paper-size convolutions
+# faster and keep activations at half the size (`benchmarks/RESULTS.md` has measured numbers). Further
 # switches: `channels_last=True` (a memory layout cuDNN prefers for 3D
 # convolutions) and `compile=True` (`torch.compile`). Measure before you trust any of them:
 # `hagan bench --preset paper128 --device cuda --precision bf16`.
@@ -120,7 +120,9 @@ print(f"bf16 / fp32 median time: {bf16['s_per_iter'] / fp32['s_per_iter']:.2f}; 
 # ```
 #
 # The same machinery works on the CPU with the gloo backend, so we can watch it here with two
-# processes and two iterations:
+# processes and two iterations. The R1 penalty of the `demo32` preset (`r1_gamma`) is refused in
+# distributed training (its double backward through DDP is untested), so the command turns it
+# off; the paper presets do not use it.
 
 # %%
 import shutil
@@ -130,7 +132,8 @@ ddp_run = work / "run_ddp_demo"
 shutil.rmtree(ddp_run, ignore_errors=True)  # a fresh run each time, to see it train
 command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "hagan",
            "train", "--preset", s.preset, "--data", data, "--out", ddp_run, "--set",
-           "iterations=2", "--set", "device=cpu", "--set", "progress=false"]
+           "iterations=2", "--set", "device=cpu", "--set", "progress=false", "--set",
+           "r1_gamma=0"]
 if ddp_demo:
     teaching.run_command(command)
 

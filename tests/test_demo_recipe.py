@@ -102,7 +102,29 @@ def test_r1_reaches_the_d_update(data, tmp_path):
         return t
 
     plain, again, penalised = one_step(0.0, "a"), one_step(0.0, "b"), one_step(10.0, "c")
+    # without D^L (notebook 03's ablation) the low-res input is unused: R1 is the slab's alone
+    cfg = preset("tiny32", data=str(data), r1_gamma=10.0, low_res_critic=False,
+                 holdout_fraction=0.0, tensorboard=False, progress=False)
+    assert torch.isfinite(Trainer(cfg, tmp_path / "d").step(x, c=8)["loss_d"])
     for p, q in zip(plain.D.parameters(), again.D.parameters()):
         assert torch.equal(p, q)
     assert not all(torch.equal(p, r) for p, r in zip(plain.D.parameters(),
                                                       penalised.D.parameters()))
+
+
+@pytest.mark.slow  # starts two processes with torchrun: over 10 s on 2 CPU cores
+def test_r1_is_refused_in_distributed_training(data, tmp_path):
+    """R1's double backward through DDP is untested, so torchrun training with it stops with a
+    line naming the option instead of running it."""
+    import os
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "hagan", "train", "--preset", "tiny32", "--data", str(data), "--out",
+           str(tmp_path / "run"), "--set", "iterations=1", "device=cpu", "r1_gamma=0.1"]
+    proc = subprocess.run(cmd, capture_output=True, encoding="utf-8", errors="replace",
+                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode != 0
+    assert "r1_gamma: expected 0 in distributed (torchrun) training" in proc.stderr
+    assert not list((tmp_path / "run").glob("checkpoints/*.pt"))

@@ -53,6 +53,21 @@ def test_parameter_table_counts_like_count_parameters():
     assert counts == {k: count_parameters(v) / 1e6 for k, v in nets.items()}
 
 
+def test_readme_preset_table_matches_the_networks():
+    """Every preset is in the README's table, with its parameter counts to 0.01 M."""
+    import re
+    from pathlib import Path
+
+    from hagan.config import PRESETS
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    rows = dict(re.findall(r"^\| `(\w+)` \| \d+³ \|[^|]+\|[^|]+\| ([^|]+) \|", readme, re.M))
+    assert set(rows) == set(PRESETS)
+    for name, size, counts in lessons.parameter_table(tuple(PRESETS)):
+        stated = [float(v) for v in re.findall(r"([\d.]+) M", rows[name])]
+        assert stated == [round(counts[k], 2) for k in ("G", "D", "E", "SubE")], name
+
+
 def test_the_hierarchical_step_saves_less_for_backward_than_the_naive_one():
     """The point of notebook 02, measured: memory counts, not times, so deterministic."""
     naive = scaling.step_cost(32, "naive", width=0.125, latent_dim=8)

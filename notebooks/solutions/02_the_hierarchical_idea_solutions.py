@@ -49,8 +49,10 @@ s = teaching.settings(smoke, scale, device, seed, preset=preset)
 # ## Exercise 1: slab depth
 #
 # Every activation of G^H is a full-resolution (or half-resolution) map over the slab, so its
-# memory is proportional to the slab depth: S/16 needs half of S/8, S/4 twice, and the whole
-# volume (S/1) eight times. The measurement at 64³ (G^H alone, forward and backward):
+# memory grows in proportion to the slab depth: S/16 needs about half of S/8, S/4 about twice,
+# and the whole volume (S/1) about eight times. A small part that does not depend on the depth
+# (at the slab's edges and in the layers' bookkeeping) makes the measured ratios a little
+# smaller than that. The measurement at 64³ (G^H alone, forward and backward):
 
 # %%
 size = 64
