@@ -53,7 +53,8 @@ def slab_coverage(starts: np.ndarray, size: int, depth: int) -> np.ndarray:
     return cover
 
 
-def parameter_table(presets: tuple[str, ...] = ("tiny32", "demo32", "small64", "paper128", "paper256")
+def parameter_table(presets: tuple[str, ...] = ("tiny32", "demo32", "small64", "paper128",
+                                                "paper256")
                     ) -> list[tuple[str, int, dict[str, float]]]:
     """(preset, size, {network: millions of parameters}) for each preset (counted on the meta
     device, so even the paper's networks cost nothing to count)."""

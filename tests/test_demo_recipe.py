@@ -128,3 +128,4 @@ def test_r1_is_refused_in_distributed_training(data, tmp_path):
     assert proc.returncode != 0
     assert "r1_gamma: expected 0 in distributed (torchrun) training" in proc.stderr
     assert not list((tmp_path / "run").glob("checkpoints/*.pt"))
+

@@ -63,7 +63,7 @@ def test_readme_preset_table_matches_the_networks():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     rows = dict(re.findall(r"^\| `(\w+)` \| \d+³ \|[^|]+\|[^|]+\| ([^|]+) \|", readme, re.M))
     assert set(rows) == set(PRESETS)
-    for name, size, counts in lessons.parameter_table(tuple(PRESETS)):
+    for name, _size, counts in lessons.parameter_table(tuple(PRESETS)):
         stated = [float(v) for v in re.findall(r"([\d.]+) M", rows[name])]
         assert stated == [round(counts[k], 2) for k in ("G", "D", "E", "SubE")], name
 

@@ -78,8 +78,9 @@ for t in (0.0, 0.25, 0.5, 0.75, 1.0):
 # E^G is trained to invert exactly this generator, so a cosine clearly above that band means the
 # encoders have learned something; after a short run expect it near 0, i.e. not (yet) inverted.
 # The last line of the output says which case this run is. A small image L1 next to cosines near
-# 0 is no success: unrelated latents then give nearly the same volume, which is mode collapse
-# (notebook `03`, section 6).
+# 0 is no success either: G then gives nearly the same volume for quite different latents, so
+# many directions of z change little; at the extreme that is mode collapse (notebook `03`,
+# section 6, says whether this model collapsed).
 
 # %%
 import torch.nn.functional as F
@@ -105,7 +106,10 @@ print(f"mean cosine {mean_cos:.2f} vs chance band ±{chance:.2f}: "
 # The mean of $G(z, 1) - G(z, 0)$ over several $z$ cancels what the label does not change and
 # keeps what it does. A well-trained conditional model shows a bright spot where lesions were
 # in the training data (the template's white-matter lesion sites); after a short run the map
-# may be mostly noise. The printed peak and the figure show which this run is.
+# may be noise, or the label may have learned something else. The printed peak and the figure
+# show which this run is: a peak on the brain's outline (e.g. y or x near 0 or S) and bright and
+# dark rims mean the label changes the head's shape and size, not a lesion; the demo's CPU run
+# (1000 conditional iterations) shows that.
 
 # %%
 lesion_data = teaching.ensure_demo(work, s, lesion_fraction=0.5, made_by="notebook 04")
