@@ -71,7 +71,7 @@ def run(out: Path, iterations: int, n_subjects: int, seed: int, notebooks: bool)
     settings = output_settings(run_dir, cfg)  # voxel size of the demo cohort
     for i, vol in enumerate(fake):
         save_nifti(vol, sample_dir / sample_name(i), **settings)
-    real_ds = PreparedDataset(data_dir, size=32)
+    real_ds = PreparedDataset(data_dir, size=cfg.size)
     real = [real_ds[i] for i in range(MIN_SUBJECTS)]
     fig = viz.plot_real_vs_generated(real, list(fake[:3]),
                                      title=f"demo cohort vs {PRESET} samples after {result.step} "
