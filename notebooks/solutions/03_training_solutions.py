@@ -79,7 +79,7 @@ from hagan.train import train
 anchored = work / f"exercise_anchored_{s.preset}"
 train(cfg, anchored)
 no_anchor = work / f"exercise_no_anchor_{s.preset}"
-train(cfg.replace(low_res_critic=False), no_anchor)  # D^L left out: D = D^H / 2
+_ = train(cfg.replace(low_res_critic=False), no_anchor)  # D^L left out: D = D^H / 2
 
 # %%
 import torch
@@ -99,16 +99,19 @@ unchanged = all(torch.equal(initial[k].to(v.device), v)
 print(f"G^L weights without the anchor still equal their initial values: {unchanged}")
 
 # %%
-fig = viz.plot_volumes(lows + fulls, ["G^L with anchor", "G^L without anchor",
-                                      "full volume with anchor", "full volume without anchor"],
+fig = viz.plot_volumes(lows + fulls, ["G^L, D^L on", "G^L, D^L off", "volume, D^L on",
+                                      "volume, D^L off"],
                        title=f"the low-resolution anchor after {short} iterations (same z)")
 teaching.show(fig, figures / "sol03_anchor.png")
 
 # %% [markdown]
-# The printed check is the part that holds at any length: without D^L, G^L is never trained.
-# What to look for in a longer run (not run here; try `scale="cpu"` or a GPU): whether the
-# unanchored model's full volumes stack slabs that disagree at their borders, where the anchored
-# one makes one consistent head. At a few iterations both may still be blobs.
+# The printed check is the part that holds at any length: without D^L, G^L is never trained
+# (its image above stays the random pattern of its initial weights). The full volumes show what
+# the anchor does for the whole head: nothing but D^L judges where the head lies in the cube and
+# whether the slabs of one volume belong together. In the `make demo` run we looked at (cpu
+# scale, 300 iterations) the anchored volume was a centred, head-sized blob and the unanchored
+# one a lopsided blob pushed to one side. At a few iterations (smoke) both may be noise; in a
+# longer run look for slabs that disagree at their borders.
 #
 # ## Exercise 2: resume
 #
