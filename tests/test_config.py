@@ -52,7 +52,8 @@ def test_validation_messages_say_expected_found_and_fix(kwargs, message):
 
 def test_unknown_preset_suggests_the_closest():
     with pytest.raises(ConfigError, match="preset: expected one of paper256, paper128, small64, "
-                                          "tiny32, found 'paper512'. Did you mean 'paper"):
+                                          "tiny32, demo32, found 'paper512'. Did you mean "
+                                          "'paper"):
         preset("paper512")
 
 

@@ -195,7 +195,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     proc = run_cli("train", "--preset", "nope", "--data", str(data), "--out", str(tmp_path / "r"))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip() == "hagan train: error: preset: expected one of paper256, " \
-                                  "paper128, small64, tiny32, found 'nope'."
+                                  "paper128, small64, tiny32, demo32, found 'nope'."
 
 
 @pytest.mark.slow
