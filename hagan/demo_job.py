@@ -20,6 +20,7 @@ from pathlib import Path
 
 from .config import PRESETS
 from .errors import HaganError, explain
+from .teaching import SCALE_DEFAULTS
 
 logger = logging.getLogger(__name__)
 
@@ -52,10 +53,7 @@ def run(out: Path, iterations: int, n_subjects: int, seed: int, notebooks: bool)
     cfg = preset(PRESET, iterations=iterations, seed=seed)
     data_dir = teaching.demo_path(nb_work, cfg.size)
     print(f"[1/4] demo cohort: {n_subjects} volumes at {cfg.size}^3 -> {data_dir}")
-    if demo.is_built(data_dir, n=n_subjects, size=cfg.size, seed=seed):
-        print("      (already built by an earlier demo: reused)")
-    else:
-        demo.make_demo_dataset(data_dir, n=n_subjects, size=cfg.size, seed=seed, force=True)
+    demo.make_demo_dataset(data_dir, n=n_subjects, size=cfg.size, seed=seed, force=True)  # reuses
 
     run_dir = teaching.run_path(nb_work, PRESET)
     print(f"[2/4] training {PRESET} for {iterations} iterations -> {run_dir}")
@@ -130,7 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     default_iterations = PRESETS[PRESET]["iterations"]
     p.add_argument("--iterations", type=int, default=default_iterations,
                    help=f"{PRESET} iterations (default {default_iterations})")
-    p.add_argument("--n", type=int, default=64, help="demo cohort size (default 64)")
+    default_n = SCALE_DEFAULTS["cpu"]["n_subjects"]  # the cohort the cpu-scale notebooks use
+    p.add_argument("--n", type=int, default=default_n,
+                   help=f"demo cohort size (default {default_n})")
     p.add_argument("--seed", type=int, default=0, help="seed of cohort, run and samples")
     p.add_argument("--no-notebooks", action="store_true", help="skip executing the notebooks")
     return p

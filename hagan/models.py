@@ -327,10 +327,11 @@ class HighResDiscriminator(nn.Module):
     def forward(self, slab: torch.Tensor, position: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
         h = slab
-        for i, conv in enumerate(self.convs):
-            if self.extra and i == len(self.convs) - 1:
-                h = minibatch_std(h)  # (B, 513, 1, 4, 4)
+        for conv in self.convs[:-1]:
             h = F.leaky_relu(conv(h), LEAK, inplace=True)  # conv outputs are not saved
+        if self.extra:
+            h = minibatch_std(h)  # (B, 513, 1, 4, 4)
+        h = F.leaky_relu(self.convs[-1](h), LEAK, inplace=True)
         h = h.flatten(1)  # (B, 128); flatten, not squeeze, so batch size 1 works
         h = torch.cat([h, position.to(h).view(-1, 1)], dim=1)  # (B, 129)
         h = F.leaky_relu(self.fc1(h), LEAK, inplace=True)  # (B, 64)

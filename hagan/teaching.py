@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import PathLike, preset
+from .config import PRESETS, PathLike, preset
 from .errors import ConfigError, explain
 from .runtime import resolve_device
 
@@ -80,7 +80,8 @@ SCALE_DEFAULTS: dict[str, dict[str, Any]] = {
     "smoke": dict(preset="tiny32", n_subjects=8, iterations=20, cond_iterations=10, n_samples=4,
                   bench_sizes=[32, 64], bench_width=0.125),
     # cpu: the demo32 recipe on the 64-volume cohort, the same model as `make demo`'s
-    "cpu": dict(preset="demo32", n_subjects=64, iterations=2000, cond_iterations=1000, n_samples=8,
+    "cpu": dict(preset="demo32", n_subjects=64, iterations=PRESETS["demo32"]["iterations"],
+                cond_iterations=1000, n_samples=8,
                 bench_sizes=[32, 64, 128], bench_width=0.25),
     "gpu": dict(preset="small64", n_subjects=64, iterations=3000, cond_iterations=1500,
                 n_samples=16, bench_sizes=[32, 64, 128, 256], bench_width=1.0),
