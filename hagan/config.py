@@ -342,10 +342,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # little: on the demo cohort its samples collapse to one blob (docs/teaching.md).
     "tiny32": dict(size=32, width=0.125, latent_dim=64, batch_size=4, iterations=300,
                    lr_g=4e-4, log_every=10, image_every=50, checkpoint_every=100),
-    # The CPU recipe that learns on the 64-volume demo cohort (make demo, the notebooks' cpu
+    # The CPU demo recipe for the 64-volume demo cohort (make demo, the notebooks' cpu
     # scale; issue 17): twice tiny32's width, the minibatch standard deviation in D, an R1
     # penalty of 0.3, G and D both at 2e-4, 2000 iterations (measured at 3 seeds:
-    # docs/teaching.md, "A demo that learns").
+    # docs/teaching.md, "The demo recipe"; issue 17's targets hold at some seeds only).
     "demo32": dict(size=32, width=0.25, latent_dim=64, batch_size=4, iterations=2000,
                    lr_g=2e-4, lr_d=2e-4, d_minibatch_std=True, r1_gamma=0.3, log_every=20,
                    image_every=200, diversity_every=200, checkpoint_every=500),

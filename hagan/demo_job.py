@@ -3,7 +3,7 @@
     python -m hagan.demo_job --out outputs [--iterations N] [--no-notebooks]
 
 Steps: build the offline demo cohort (nilearn's MNI152 template with TorchIO random transforms),
-train the ``demo32`` preset (the CPU recipe that learns on this cohort; GPU when present), write
+train the ``demo32`` preset (the CPU demo recipe for this cohort; GPU when present), write
 generated volumes as NIfTI, save PNGs of real vs generated orthogonal slices, the loss curves and
 the diversity checks, then (unless --no-notebooks) execute every notebook and write executed
 copies and HTML into ``OUT/notebooks``. The cohort and the model are made where the notebooks
@@ -25,7 +25,7 @@ from .teaching import SCALE_DEFAULTS
 logger = logging.getLogger(__name__)
 
 MIN_SUBJECTS = 3  # the real-vs-generated figure shows three real volumes
-PRESET = "demo32"  # the CPU recipe that learns on the demo cohort (hagan.config.PRESETS)
+PRESET = "demo32"  # the CPU demo recipe for the demo cohort (hagan.config.PRESETS)
 
 
 def run(out: Path, iterations: int, n_subjects: int, seed: int, notebooks: bool) -> int:

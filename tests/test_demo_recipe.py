@@ -1,4 +1,4 @@
-"""The CPU recipe that learns on the demo cohort (issue 17): the ``demo32`` preset and its two
+"""The CPU demo recipe for the demo cohort (issue 17): the ``demo32`` preset and its two
 options that are not in the paper, the minibatch standard deviation in D (``d_minibatch_std``)
 and the R1 penalty (``r1_gamma``). Each is checked against a reference written
 here, and the paper presets are checked to keep the paper's recipe."""
