@@ -18,9 +18,9 @@ import sys
 import time
 from pathlib import Path
 
+from . import teaching
 from .config import PRESETS
 from .errors import HaganError, explain
-from .teaching import SCALE_DEFAULTS
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def run(out: Path, iterations: int, n_subjects: int, seed: int, notebooks: bool)
         seed: Seed of the cohort, the training run and the samples.
         notebooks: Execute every notebook into ``out/notebooks`` at the end.
     """
-    from . import demo, teaching, viz
+    from . import demo, viz
     from .config import preset
     from .data import PreparedDataset, save_nifti
     from .generate import output_settings, sample, sample_name
@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     default_iterations = PRESETS[PRESET]["iterations"]
     p.add_argument("--iterations", type=int, default=default_iterations,
                    help=f"{PRESET} iterations (default {default_iterations})")
-    default_n = SCALE_DEFAULTS["cpu"]["n_subjects"]  # the cohort the cpu-scale notebooks use
+    default_n = teaching.SCALE_DEFAULTS["cpu"]["n_subjects"]  # the cpu-scale notebooks' cohort
     p.add_argument("--n", type=int, default=default_n,
                    help=f"demo cohort size (default {default_n})")
     p.add_argument("--seed", type=int, default=0, help="seed of cohort, run and samples")

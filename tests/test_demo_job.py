@@ -57,7 +57,7 @@ def test_demo_and_cpu_notebooks_use_one_model():
     """make demo trains the model the cpu-scale notebooks would train: same preset, cohort size
     and iterations, so notebooks 03-06 reuse it instead of training a weaker one."""
     cpu = teaching.settings(scale="cpu", verbose=False)
-    parser_defaults = {a.dest: a.default for a in demo_job.build_parser()._actions}
+    parser_defaults = vars(demo_job.build_parser().parse_args([]))
     assert cpu.preset == demo_job.PRESET == "demo32"
     assert cpu.n_subjects == parser_defaults["n"]
     assert cpu.iterations == parser_defaults["iterations"] == PRESETS["demo32"]["iterations"]
