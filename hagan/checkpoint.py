@@ -56,10 +56,47 @@ DATA_KEYS = ("size", "spacing_mm", "modality", "window", "axes")
 # Files and folders that mark a prepared dataset (hagan preprocess / demo-data).
 DATASET_MARKERS = ("manifest.csv", "dataset.json", "volumes")
 DAMAGED_TAG = "damaged"
+# The checkpoint chosen by validation (Config.keep_best_from): models only, beside the ckpt_*.pt
+# files (not one of them, so never pruned), and the run folder's model when present.
+BEST_NAME = "best.pt"
+SUPERSEDED_TAG = "superseded"
 
 
 def checkpoint_path(run_dir: PathLike, step: int) -> Path:
     return Path(run_dir) / CHECKPOINT_DIR / f"ckpt_{step:08d}.pt"
+
+
+def best_path(run_dir: PathLike) -> Path:
+    """``RUN/checkpoints/best.pt``: the checkpoint kept by validation (``keep_best_from``)."""
+    return Path(run_dir) / CHECKPOINT_DIR / BEST_NAME
+
+
+def read_best(run_dir: PathLike, step: int) -> dict[str, float] | None:
+    """The validation scores of a run's ``best.pt`` when a run resumes at iteration ``step``.
+
+    None when there is none. A ``best.pt`` from after ``step`` (saved, then the run stopped
+    before the checkpoint it resumes from) belongs to a trajectory that is not continued: it is
+    renamed ``best.pt.superseded`` (not deleted) and None is returned.
+
+    Raises:
+        CheckpointError: ``best.pt`` does not load or records no validation scores (fail
+            closed: the run would otherwise forget the model it chose).
+    """
+    path = best_path(run_dir)
+    if not path.exists():
+        return None
+    state = load_checkpoint(path, mmap=True)
+    scores = state.get("validation")
+    if not isinstance(scores, dict) or not isinstance(scores.get("val_score"), float):
+        raise CheckpointError(f"{path} records no validation score (val_score), so the run "
+                              "cannot tell whether a new checkpoint is better. Move it out of "
+                              "the folder to start choosing again, or pass --fresh")
+    if state["step"] > step:
+        moved = set_aside(path, SUPERSEDED_TAG)
+        logger.warning("%s is from iteration %d, after the checkpoint this run resumes from "
+                       "(%d): set aside as %s", path, state["step"], step, moved.name)
+        return None
+    return {"step": state["step"], **scores}
 
 
 def save_checkpoint(path: PathLike, state: dict[str, Any]) -> Path:
@@ -440,8 +477,14 @@ def prune_checkpoints(run_dir: PathLike, keep: int, verified: set[Path] | None =
 
 
 def resolve(path: PathLike) -> Path:
-    """Accept a checkpoint file or a run folder (meaning its newest good checkpoint)."""
+    """Accept a checkpoint file or a run folder, meaning the checkpoint its validation chose
+    (``checkpoints/best.pt``, see ``Config.keep_best_from``) when there is one, else its newest
+    good checkpoint."""
     path = Path(path)
+    if path.is_dir() and best_path(path).exists():
+        logger.info("%s: using %s, the checkpoint chosen by validation (keep_best_from)", path,
+                    best_path(path))
+        return best_path(path)
     if path.is_dir():
         found = latest_checkpoint(path)
         if found is None:
@@ -458,16 +501,20 @@ def unwrap(module: nn.Module) -> nn.Module:
 
 
 def save_models(path: PathLike, cfg: Config, models: dict[str, nn.Module | None],
-                step: int = 0, data: dict[str, Any] | None = None) -> Path:
+                step: int = 0, data: dict[str, Any] | None = None,
+                validation: dict[str, float] | None = None) -> Path:
     """Save networks (any of G, D, E, SubE) with their config; no optimiser state.
 
     Args:
         data: What the run records about its dataset (:func:`data_record`), if known.
+        validation: The validation scores that chose this checkpoint (``best.pt``), if any.
     """
     state = {"config": cfg.to_dict(), "step": step,
              "models": {k: unwrap(m).state_dict() for k, m in models.items() if m is not None}}
     if data is not None:
         state["data"] = data
+    if validation is not None:
+        state["validation"] = validation
     return save_checkpoint(path, state)
 
 

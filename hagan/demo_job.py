@@ -60,10 +60,13 @@ def run(out: Path, iterations: int, n_subjects: int, seed: int, notebooks: bool)
     # diversity_every (in the preset): the collapse watch, MS-SSIM among 8 samples of fixed z
     result = train(cfg.replace(data=str(data_dir)), run_dir)  # an earlier run is resumed
 
-    print("[3/4] sampling 8 volumes")
-    from .checkpoint import load_models, read_metrics
+    from .checkpoint import load_checkpoint, load_models, read_metrics
 
-    cfg, nets = load_models(result.checkpoint or run_dir)  # the run folder: its newest checkpoint
+    # the checkpoint the run's validation kept (keep_best_from, in the preset), else the last
+    model = result.best or result.checkpoint or run_dir
+    model_step = load_checkpoint(model, mmap=True)["step"] if model != run_dir else result.step
+    print(f"[3/4] sampling 8 volumes from {Path(model).name} (iteration {model_step})")
+    cfg, nets = load_models(model)
     fake = sample(nets["G"], 8, batch_size=8, seed=seed)
     sample_dir = out / "samples"
     settings = output_settings(run_dir, cfg)  # voxel size of the demo cohort
@@ -72,15 +75,20 @@ def run(out: Path, iterations: int, n_subjects: int, seed: int, notebooks: bool)
     real_ds = PreparedDataset(data_dir, size=cfg.size)
     real = [real_ds[i] for i in range(MIN_SUBJECTS)]
     fig = viz.plot_real_vs_generated(real, list(fake[:3]),
-                                     title=f"demo cohort vs {PRESET} samples after {result.step} "
-                                           "iterations")
+                                     title=f"demo cohort vs {PRESET} samples, iteration "
+                                           f"{model_step}")
     fig_path = viz.save(fig, out / "real_vs_generated.png")
-    loss_path = viz.save(viz.plot_losses(read_metrics(run_dir), title=f"{PRESET} training losses"),
+    records = read_metrics(run_dir)
+    loss_path = viz.save(viz.plot_losses(records, title=f"{PRESET} training losses"),
                          out / "losses.png")
-    checks = [r for r in read_metrics(run_dir) if "ms_ssim_fake" in r]
+    checks = [r for r in records if "ms_ssim_fake" in r]
+    scored = [r for r in records if "val_score" in r]
     diversity_path = (viz.save(viz.plot_diversity(checks, title=f"{PRESET}: diversity during "
                                                   "training"), out / "diversity.png")
                       if checks else None)
+    validation_path = (viz.save(viz.plot_validation(scored, title=f"{PRESET}: which checkpoint "
+                                                    "to keep"), out / "validation.png")
+                       if scored else None)
 
     nb_dir, nb_failed = None, ""
     if notebooks:
@@ -98,13 +106,22 @@ def run(out: Path, iterations: int, n_subjects: int, seed: int, notebooks: bool)
     minutes = (time.perf_counter() - t0) / 60
     print(f"\ndone in {minutes:.1f} min. Results:")
     print(f"  demo data            {data_dir}")
-    print(f"  checkpoint           {result.checkpoint}")
+    print(f"  last checkpoint      {result.checkpoint}")
+    if result.best is not None:
+        kept = next(r for r in scored if r["step"] == model_step)
+        print(f"  model (best.pt)      {result.best}: iteration {model_step}, the best of "
+              f"{len(scored)} scored on held-out volumes (score {kept['val_score']:.2f}: "
+              f"MS-SSIM {kept['val_ms_ssim']:.2f} vs {kept['val_ms_ssim_real']:.2f}, FID ratio "
+              f"{kept['val_fid_ratio']:.1f}; within both tolerances when <= 1)")
+    if validation_path is not None:
+        print(f"  validation           {validation_path}")
     print(f"  training log         {run_dir / 'metrics.jsonl'} (TensorBoard: {run_dir / 'tb'})")
     print(f"  samples (NIfTI)      {sample_dir}")
     print(f"  real vs generated    {fig_path}")
     print(f"  loss curves          {loss_path}")
     if diversity_path is not None:
-        last = checks[-1]
+        # the check of the model sampled above when there is one, else the last
+        last = next((r for r in checks if r["step"] == model_step), checks[-1])
         verdict = ("MODE COLLAPSE: samples far more alike than real volumes"
                    if last["ms_ssim_fake"] > last["ms_ssim_real"] + 0.1 else "no collapse")
         print(f"  diversity            {diversity_path} (iteration {last['step']}: MS-SSIM among "

@@ -44,6 +44,7 @@ from .features import (
     check_extractor,
     volume_at,
 )
+from .models import Generator
 
 logger = logging.getLogger(__name__)
 
@@ -453,6 +454,91 @@ def cached(path: Path | None, key: str, compute: Callable[[], np.ndarray]) -> np
         except OSError as exc:
             logger.warning("could not write the cache %s (%s); continuing without it", path, exc)
     return values
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation during training: which checkpoint to keep (Config.keep_best_from)
+# ---------------------------------------------------------------------------------------------
+VALIDATION_SEED = 1  # latents and MS-SSIM pairs: not `hagan evaluate`'s default 0
+VALIDATION_EXTRACTORS = (1, 2, 3, 4)  # seeds of the random feature networks averaged over
+VALIDATION_SAMPLES = 32  # generated volumes per validation
+DIVERSITY_TOLERANCE = 0.10  # MS-SSIM of generated pairs above real pairs, still "as varied"
+FID_RATIO_TOLERANCE = 5.0  # FID(generated, held-out) / FID(train, held-out), still "close"
+
+
+class Validation:
+    """Score a generator against the run's held-out volumes, to choose the checkpoint to keep.
+
+    A small GAN's samples change a lot between checkpoints (on the demo cohort, checkpoints 100
+    iterations apart differ by 0.1-0.2 in MS-SSIM and 1-3x in FID: docs/teaching.md), so the
+    last checkpoint is a noisy pick. This is the validation half of a train/validation/test
+    protocol: volumes the model never saw, and seeds (:data:`VALIDATION_SEED`) that differ from
+    the ones ``hagan evaluate`` reports with by default, so the numbers that chose a checkpoint
+    are not the numbers that report on it. Two distances from the real data, each in units of
+    its tolerance, and the worse of them is the score (lower is better; <= 1 is within both):
+
+    * diversity: ``max(0, ms_gen - ms_real) / DIVERSITY_TOLERANCE``, the mean MS-SSIM of 100
+      random pairs of ``n`` generated volumes against the same for the held-out volumes
+      (samples far more alike than real volumes: mode collapse);
+    * fidelity: ``FID(generated, held-out) / FID(train, held-out) / FID_RATIO_TOLERANCE``, in
+      the features of seeded random 3D networks (the real-vs-real FID is the unit), averaged
+      over the networks of ``extractor_seeds``: with 32 samples, one random network's FID
+      ranks checkpoints noticeably differently from another's (docs/teaching.md).
+
+    Args:
+        train: The run's training volumes (a dataset of (1, S, S, S), or (volume, label) items).
+        heldout: Its held-out volumes (at least 2), never trained on.
+        size: Cube side S.
+        device: Where the generator and the feature network run.
+        n: Generated volumes per validation.
+        seed: Seed of the latents and the pairs.
+        extractor_seeds: Seeds of the random feature networks (:class:`hagan.features.
+            RandomFeatureNet`); not 0, the one ``hagan evaluate`` uses by default.
+        labels: Class labels to draw from for a conditional generator (None: unconditional).
+
+    Raises:
+        DataError: fewer than 2 held-out volumes.
+    """
+
+    def __init__(self, train: Any, heldout: Any, size: int, device: str | torch.device = "cpu",
+                 n: int = VALIDATION_SAMPLES, seed: int = VALIDATION_SEED,
+                 labels: list[int] | None = None,
+                 extractor_seeds: tuple[int, ...] = VALIDATION_EXTRACTORS) -> None:
+        if len(heldout) < 2:
+            raise DataError(explain("validation (keep_best_from)", "at least 2 held-out volumes",
+                                    str(len(heldout)), "Raise holdout_fraction or add volumes."))
+        self.n, self.seed, self.device = n, seed, torch.device(device)
+        self.labels = (np.random.default_rng(seed).choice(labels, n).tolist() if labels
+                       else None)
+        with torch.random.fork_rng(devices=[]):  # layer init draws from the global RNG
+            self.extractors = [build_extractor("random", size=size, device=self.device,
+                                               seed=s, progress=False) for s in extractor_seeds]
+        self.heldout_features = [ext(heldout) for ext in self.extractors]
+        self.fid_real = [fid(ext(train), held) for ext, held in zip(self.extractors,
+                                                                   self.heldout_features)]
+        self.ms_ssim_real = diversity(heldout, seed=seed, device=self.device)
+
+    @torch.no_grad()
+    def __call__(self, G: Generator) -> dict[str, float]:
+        """Score ``G`` (left in the train/eval mode it came in).
+
+        Returns:
+            ``val_ms_ssim`` (generated pairs), ``val_ms_ssim_real`` (held-out pairs),
+            ``val_fid_ratio`` and ``val_score``, rounded to 4 decimals.
+        """
+        from .generate import sample
+
+        was_training = G.training
+        fake = sample(G, self.n, batch_size=2, labels=self.labels, seed=self.seed,
+                      device=self.device)
+        G.train(was_training)
+        ms = diversity(fake, seed=self.seed, device=self.device)
+        ratio = float(np.mean([fid(ext(fake), held) / real for ext, held, real in
+                               zip(self.extractors, self.heldout_features, self.fid_real)]))
+        score = max(max(0.0, ms - self.ms_ssim_real) / DIVERSITY_TOLERANCE,
+                    ratio / FID_RATIO_TOLERANCE)
+        return {"val_ms_ssim": round(ms, 4), "val_ms_ssim_real": round(self.ms_ssim_real, 4),
+                "val_fid_ratio": round(ratio, 4), "val_score": round(score, 4)}
 
 
 # ---------------------------------------------------------------------------------------------

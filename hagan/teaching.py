@@ -207,20 +207,22 @@ def ensure_run(work: PathLike, s: Settings, data: PathLike, conditional: bool = 
     The unconditional run trains ``s.iterations`` iterations, the conditional one
     ``s.cond_iterations`` with ``num_classes=2`` on a lesion cohort.
     """
-    from .checkpoint import list_checkpoints
+    from .checkpoint import list_checkpoints, resolve
     from .train import train
 
     run = run_path(work, s.preset, conditional)
     if list_checkpoints(run):
-        print(f"model: using the checkpoint in {run}")
+        # checkpoints/best.pt when the run chose one (Config.keep_best_from), else the newest
+        print(f"model: using {resolve(run).relative_to(run)} in {run}")
         return run
     iterations = s.cond_iterations if conditional else s.iterations
     origin = f" ({made_by} normally makes it)" if made_by else ""
     print(f"model: no checkpoint in {run} yet{origin}; training {s.preset} for {iterations} "
           "iterations now")
     cfg = preset(s.preset, data=str(data), iterations=iterations, seed=s.seed,
-                 device=s.device.type, num_classes=2 if conditional else 0,
-                 checkpoint_every=max(iterations, 1))
+                 device=s.device.type, num_classes=2 if conditional else 0)
+    if not cfg.keep_best_from:  # one checkpoint at the end; else every one is a candidate
+        cfg = cfg.replace(checkpoint_every=max(iterations, 1))
     train(cfg, run)
     return run
 

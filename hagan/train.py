@@ -56,7 +56,7 @@ logger = logging.getLogger(__name__)
 ARCHITECTURE_KEYS = ("size", "width", "latent_dim", "num_classes", "low_res_critic",
                      "d_minibatch_std")
 # what a resumed run keeps from its checkpoint, whatever is requested
-RESUME_FIXED_KEYS = ARCHITECTURE_KEYS + ("seed",)
+RESUME_FIXED_KEYS = ARCHITECTURE_KEYS + ("seed", "keep_best_from")
 DIVERSITY_SAMPLES = 8  # volumes generated from fixed latents for the collapse watch
 
 
@@ -71,6 +71,20 @@ class TrainingInterrupted(Exception):
 
 class NonFiniteLossError(RunError):
     """A loss became NaN or infinite; training stopped without saving the broken state."""
+
+
+def mode_seeking_loss(z: torch.Tensor, fake_slab: torch.Tensor, fake_low: torch.Tensor,
+                      eps: float = 1e-5) -> torch.Tensor:
+    """The mode-seeking term of ``Config.mode_seeking`` (Mao et al., CVPR 2019, eq. 3 as a
+    loss): pair the first half of the batch with the second, ``d_x`` = mean |G(z1) - G(z2)| over
+    both views (low-res images (B, 1, S/4, S/4, S/4) and slabs (B, 1, S/8, S, S), averaged),
+    ``d_z`` = mean |z1 - z2| over the latents (B, latent_dim); returns ``1 / (d_x / d_z + eps)``,
+    large when different latents give alike volumes."""
+    h = z.shape[0] // 2
+    d_x = 0.5 * ((fake_low[:h] - fake_low[h:2 * h]).abs().float().mean()
+                 + (fake_slab[:h] - fake_slab[h:2 * h]).abs().float().mean())
+    d_z = (z[:h] - z[h:2 * h]).abs().float().mean()
+    return 1.0 / (d_x / d_z + eps)
 
 
 def r1_penalty(real_logit: torch.Tensor, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -101,6 +115,7 @@ class TrainResult:
     step: int
     checkpoint: Path | None
     losses: dict[str, float]
+    best: Path | None = None  # checkpoints/best.pt when cfg.keep_best_from chose one
 
 
 class Trainer:
@@ -250,9 +265,17 @@ class Trainer:
         # reconstructed slabs in last_images (the training loop does, for the previews).
         self.keep_images = False
         self.last_images: dict[str, torch.Tensor] = {}
-        # The latest diversity check (cfg.diversity_every), added to the next metrics record.
+        # The latest diversity check (cfg.diversity_every) and validation (cfg.keep_best_from),
+        # added to the next metrics record.
         self.diversity_log: dict[str, float] = {}
         self._real_diversity: float | None = None
+        self._validation: Any = None  # hagan.metrics.Validation, built at the first check
+        self._best: dict[str, float] | None = None  # scores of checkpoints/best.pt
+        if cfg.keep_best_from and self.split is None:
+            raise ConfigError(explain("keep_best_from", "training on cfg.data with its held-out "
+                                      "split (the volumes the checkpoints are scored on)",
+                                      "a dataset passed to the trainer", "Pass no dataset, or "
+                                      "set keep_best_from=0."))
 
     # --- the algorithm --------------------------------------------------------------------------
     def draw_slab_start(self) -> int:
@@ -337,10 +360,13 @@ class Trainer:
         set_requires_grad(self.D, False)
         set_requires_grad(self.G, True)
         for k in range(cfg.g_iter):
+            z_g = latent(1 + k)
             with ctx:
-                fake_slab, fake_low = train["G"](latent(1 + k), c, y)
+                fake_slab, fake_low = train["G"](z_g, c, y)
                 logit, cls = nets["D"](*self.d_view(fake_slab, fake_low, 2 + k), c_d)
             loss_g = F.binary_cross_entropy_with_logits(logit.float(), ones)
+            if cfg.mode_seeking:  # an option, not in the paper
+                loss_g = loss_g + cfg.mode_seeking * mode_seeking_loss(z_g, fake_slab, fake_low)
             if cls is not None:
                 assert y is not None, "a conditional model is trained with labels y"
                 loss_g = loss_g + cfg.lambda_class * F.cross_entropy(cls.float(), y)
@@ -476,6 +502,8 @@ class Trainer:
         else:
             ckpt.set_aside_damaged(self._damaged)
             ckpt.truncate_metrics_log(self.run_dir / ckpt.METRICS_FILE, self.step_num)
+            if self.cfg.keep_best_from:
+                self._best = ckpt.read_best(self.run_dir, self.step_num)
         self._damaged = []
         write_json(self.run_dir / "config.json", self.cfg.to_dict())
         if self.split is not None:
@@ -513,7 +541,15 @@ class Trainer:
                     t_div = time.perf_counter()
                     self._diversity(writer)  # goes into the next metrics.jsonl record
                     t_window += time.perf_counter() - t_div  # not counted in ms_per_step
-                if self.step_num % cfg.log_every == 0 or self.step_num == cfg.iterations:
+                validate = bool(cfg.keep_best_from and self.step_num >= cfg.keep_best_from
+                                and (self.step_num % cfg.checkpoint_every == 0
+                                     or self.step_num == cfg.iterations))
+                if validate:
+                    t_val = time.perf_counter()
+                    self._validate(writer, bar)  # in this iteration's metrics record
+                    t_window += time.perf_counter() - t_val
+                if (self.step_num % cfg.log_every == 0 or self.step_num == cfg.iterations
+                        or validate):
                     ms = 1000 * (time.perf_counter() - t_window) / len(window["loss_d"])
                     self._log(window, ms, writer, bar)
                     window = {k: [] for k in LOSS_KEYS}
@@ -536,7 +572,8 @@ class Trainer:
             if writer is not None:
                 writer.close()
             self._restore_signal_handlers(previous)
-        return TrainResult(self.run_dir, self.step_num, last_ckpt, last_losses)
+        best = ckpt.best_path(self.run_dir) if self._best is not None else None
+        return TrainResult(self.run_dir, self.step_num, last_ckpt, last_losses, best)
 
     # --- state ----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -657,6 +694,44 @@ class Trainer:
                                    title=f"iteration {self.step_num}: samples of fixed z "
                                          f"(MS-SSIM among 8: {value:.2f})")
             writer.add_figure("diversity/samples", fig, self.step_num)
+
+    @torch.no_grad()
+    def _validate(self, writer, bar) -> None:
+        """Model selection (``cfg.keep_best_from``): score G on the held-out volumes
+        (:class:`hagan.metrics.Validation`) and, when it beats every earlier score of this run,
+        save the networks as ``checkpoints/best.pt`` with the scores. The scores go into this
+        iteration's ``metrics.jsonl`` record (``val_*``, ``val_best`` 1 when kept) and
+        TensorBoard (``validation/``). Training is not changed: the global RNG is restored."""
+        if not self.is_main:
+            return
+        from .metrics import Validation
+
+        if self._validation is None:
+            assert self.split is not None  # checked in __init__
+            full = PreparedDataset(self.cfg.data, size=self.cfg.size,
+                                   num_classes=self.cfg.num_classes)  # not augmented
+            train = full.select(self.split.train)
+            self._validation = Validation(train, full.select(self.split.heldout), self.cfg.size,
+                                          self.device, labels=train.labels or None)
+        cuda = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            scores = self._validation(self.G)
+        better = self._best is None or scores["val_score"] < self._best["val_score"]
+        if better:
+            ckpt.save_models(ckpt.best_path(self.run_dir), self.cfg, dict(self.nets),
+                             self.step_num, data=self.data_info, validation=scores)
+            self._best = {"step": self.step_num, **scores}
+        self.diversity_log.update(scores, val_best=int(better))
+        assert self._best is not None
+        bar.write(f"validation at iteration {self.step_num}: score {scores['val_score']:.2f} "
+                  f"(MS-SSIM {scores['val_ms_ssim']:.2f} vs held-out "
+                  f"{scores['val_ms_ssim_real']:.2f}, FID ratio {scores['val_fid_ratio']:.2f})"
+                  + ("; best so far, saved as best.pt" if better else
+                     f"; best.pt stays iteration {self._best['step']} "
+                     f"({self._best['val_score']:.2f})"))
+        if writer is not None:
+            for k, v in scores.items():
+                writer.add_scalar(f"validation/{k[4:]}", v, self.step_num)
 
     def _tensorboard(self):
         if not (self.cfg.tensorboard and self.is_main):

@@ -436,3 +436,41 @@ def plot_diversity(records: Sequence[Mapping[str, Any]],
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return fig
+
+
+def plot_validation(records: Sequence[Mapping[str, Any]],
+                    title: str = "validation: which checkpoint to keep") -> Figure:
+    """The training log's validations (``Config.keep_best_from``, :class:`hagan.metrics.
+    Validation`) against the iteration: left, MS-SSIM among generated volumes next to held-out
+    pairs and the diversity tolerance above them; right, the FID ratio and its tolerance. The
+    checkpoint kept as ``best.pt`` (the lowest score, the worse of the two distances in units of
+    its tolerance) is starred in both."""
+    from .metrics import DIVERSITY_TOLERANCE, FID_RATIO_TOLERANCE
+
+    plt = _plt()
+    rows = [r for r in records if "val_score" in r]
+    if not rows:
+        raise ValueError("no validations in the log: train with keep_best_from > 0")
+    steps = [r["step"] for r in rows]
+    best = min(rows, key=lambda r: r["val_score"])  # the first of equal scores, as the trainer
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4), constrained_layout=True)
+    real = [r["val_ms_ssim_real"] for r in rows]
+    left.plot(steps, [r["val_ms_ssim"] for r in rows], "o-", label="generated (32)")
+    left.plot(steps, real, "s--", label="held-out real")
+    left.plot(steps, [v + DIVERSITY_TOLERANCE for v in real], ":", color="grey",
+              label=f"real + {DIVERSITY_TOLERANCE:g} (tolerance)")
+    left.plot(best["step"], best["val_ms_ssim"], "*", ms=14, color="C3", label="kept (best.pt)")
+    left.set_ylim(0, 1.02)
+    left.set_ylabel("mean MS-SSIM of 100 pairs")
+    right.plot(steps, [r["val_fid_ratio"] for r in rows], "o-", label="FID(gen, held-out) / "
+               "FID(train, held-out)")
+    right.axhline(FID_RATIO_TOLERANCE, ls=":", color="grey", label="tolerance")
+    right.plot(best["step"], best["val_fid_ratio"], "*", ms=14, color="C3", label="kept (best.pt)")
+    right.set_ylim(0, None)
+    right.set_ylabel("FID ratio (1 = as close as real)")
+    for ax in (left, right):
+        ax.set_xlabel("iteration")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    return fig

@@ -159,19 +159,22 @@ print(f"%load_ext tensorboard\n%tensorboard --logdir {run / 'tb'}")
 #
 # ## 5. What the generator makes now
 #
-# Real volumes against full-resolution samples of the current generator (notebook `04` goes
-# further). After a few dozen iterations expect blobs; the anatomy needs thousands.
+# Real volumes against full-resolution samples of the run's model (notebook `04` goes
+# further): its newest checkpoint, or, when the run keeps the best one, that one (section 7).
+# After a few dozen iterations expect blobs; the anatomy needs thousands.
 
 # %%
-from hagan.checkpoint import load_models
+from hagan.checkpoint import load_checkpoint, load_models, resolve
 from hagan.data import PreparedDataset
 from hagan.generate import sample
 
-_, nets = load_models(run, device=s.device)
+model = resolve(run)  # checkpoints/best.pt when the run keeps one, else the newest checkpoint
+model_step = load_checkpoint(model, mmap=True)["step"]
+_, nets = load_models(model, device=s.device)
 fake = sample(nets["G"], 2, seed=seed)
 real = [PreparedDataset(data, size=cfg.size)[i] for i in range(2)]
 fig = viz.plot_real_vs_generated(real, list(fake),
-                                 title=f"real vs generated after {result.step} iterations")
+                                 title=f"real vs generated: {model.name}, iteration {model_step}")
 teaching.show(fig, figures / "03_real_vs_generated.png")
 
 # %% [markdown]
@@ -220,6 +223,45 @@ print("verdict: " + ("MODE COLLAPSE: the samples are far more alike than real vo
 # with two threads (as `make demo` trains). `make demo`'s own model missed the diversity target
 # by 0.007, and seed 2 with two threads missed the FID target (5.3×).
 # None of this is guaranteed, on this data or other data: look at the curve above.
+
+# %% [markdown]
+# ## 7. Which checkpoint to keep
+#
+# A small GAN does not settle: its samples keep changing, and checkpoints a few hundred
+# iterations apart can differ as much as two settings do. The last checkpoint is then a noisy
+# pick. With `keep_best_from` (a `hagan.Config` option, set in `demo32`; not in the paper, which
+# keeps the last of 80 000 iterations) the trainer scores every checkpoint from that iteration on
+# against the **held-out** volumes, which it never trains on:
+#
+# * diversity: MS-SSIM among 32 generated volumes against held-out pairs, in units of 0.10
+#   (only samples *more* alike than real volumes count against it);
+# * fidelity: FID(generated, held-out) / FID(train, held-out), averaged over four seeded random
+#   feature networks, in units of 5 (the real-vs-real FID is 1).
+#
+# The score is the worse of the two (≤ 1: within both), and the best-scoring checkpoint is
+# saved as `checkpoints/best.pt`. From then on the run folder means that checkpoint:
+# `load_models(run)`, `hagan generate` and notebooks `04`–`06` use it. This is model selection on
+# a validation set, and like any selection it flatters its own score. That is why the scores
+# use other random seeds (latents, pairs, feature networks) than the evaluation of notebook
+# `05`, which then reports on the kept model with numbers that did not choose it.
+
+# %%
+from hagan.checkpoint import best_path, load_checkpoint
+
+scored = [r for r in read_metrics(run) if "val_score" in r]
+for r in scored:
+    print(f"iteration {r['step']:>5}: score {r['val_score']:.2f} (MS-SSIM {r['val_ms_ssim']:.3f} "
+          f"vs held-out {r['val_ms_ssim_real']:.3f}, FID ratio {r['val_fid_ratio']:.2f})"
+          + ("  <- best so far" if r["val_best"] else ""))
+if scored:
+    teaching.show(viz.plot_validation(scored, title=f"{s.preset}: which checkpoint to keep"),
+                  figures / "03_validation.png")
+    kept = load_checkpoint(best_path(run), mmap=True)
+    assert kept["step"] == min(scored, key=lambda r: r["val_score"])["step"]
+    print(f"kept: {best_path(run).relative_to(run)}, iteration {kept['step']} of {result.step}")
+else:
+    print(f"{s.preset} does not choose a checkpoint (keep_best_from=0): the run's model is its "
+          "newest checkpoint")
 
 # %% [markdown]
 # ## Exercises

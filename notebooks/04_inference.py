@@ -59,7 +59,9 @@ s = teaching.settings(smoke, scale, device, seed, preset=preset, n_subjects=n_su
 # ## 1. The model
 #
 # The run of notebook `03` (trained now, briefly, if it is missing). `load_models` rebuilds all
-# four networks from the checkpoint alone, in eval mode.
+# four networks from the checkpoint alone, in eval mode. Given the run folder, it takes the
+# checkpoint the run kept by validation (`checkpoints/best.pt`, notebook `03` section 7) when
+# there is one, else the newest; the line below names it.
 
 # %%
 from hagan.checkpoint import load_models

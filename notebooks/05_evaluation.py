@@ -68,6 +68,11 @@ s = teaching.settings(smoke, scale, device, seed, preset=preset, n_subjects=n_su
 # 3D network — it separates distributions surprisingly well but has no medical prior, so its
 # numbers are for teaching and never comparable with published ones. Pass
 # `extractor="medicalnet50", weights="resnet_50.pth"` to use the real thing.
+#
+# The model is the run's (notebook `03`); with `demo32` that is the checkpoint its validation
+# kept (`checkpoints/best.pt`, notebook `03` section 7). That choice used other seeds (latents 1,
+# random networks 1–4) than this notebook (latents `seed`, random network 0), so the numbers
+# below did not choose the model they describe.
 
 # %%
 from hagan.features import build_extractor
