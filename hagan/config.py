@@ -90,12 +90,6 @@ class Config:
             real data, which damps the oscillation of a small GAN. Costs a second backward
             through D. Not in the paper: 0 by default. One process only (not with torchrun).
             The logged ``loss_d`` leaves the penalty out.
-        mode_seeking: Weight of a mode-seeking term in the G step (Mao et al., "Mode seeking
-            generative adversarial networks", CVPR 2019): G pays ``1 / (d_x / d_z)``, where
-            ``d_x`` is the mean absolute difference between the volumes generated from two
-            halves of the batch (low-res images and slabs) and ``d_z`` that of their latents,
-            so latents that differ must give volumes that differ. Against mode collapse. Needs
-            an even batch. Not in the paper: 0 by default.
         workers: DataLoader worker processes.
         precision: ``fp32``, ``bf16`` or ``fp16`` autocast (fp16 uses a GradScaler).
         device: ``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N`` (the N-th GPU).
@@ -148,7 +142,6 @@ class Config:
     d_augment: bool = False
     d_minibatch_std: bool = False
     r1_gamma: float = 0.0
-    mode_seeking: float = 0.0
     workers: int = 0
     # runtime
     precision: str = "fp32"
@@ -182,13 +175,6 @@ class Config:
         if not self.r1_gamma >= 0:
             raise ConfigError(explain("r1_gamma", "a value >= 0", str(self.r1_gamma),
                                       _fix("r1_gamma")))
-        if not self.mode_seeking >= 0:
-            raise ConfigError(explain("mode_seeking", "a value >= 0", str(self.mode_seeking),
-                                      _fix("mode_seeking")))
-        if self.mode_seeking and self.batch_size % 2:
-            raise ConfigError(explain("mode_seeking", "an even batch_size (two halves)",
-                                      f"batch_size={self.batch_size}",
-                                      "Use an even batch_size, or mode_seeking=0."))
         if self.r1_gamma and self.batched_d_step:
             raise ConfigError(explain("r1_gamma", "the published D step (real volumes in their "
                                       "own D pass)", "batched_d_step=True",

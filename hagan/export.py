@@ -1,4 +1,4 @@
-"""``hagan export RUN --out FILE``: a run's newest checkpoint as one shareable safetensors file
+"""``hagan export RUN --out FILE``: a run's model as one shareable safetensors file
 (G, D, E, SubE weights, the config and the training data's geometry; see :mod:`hagan.weights`),
 with its SHA-256 printed.
 
@@ -32,15 +32,16 @@ from .weights import (
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", help="run folder (its newest good checkpoint), a checkpoint file or "
-                   "a weights file (written again as a checked copy)")
+    p.add_argument("run", help="run folder (its best.pt, else its newest good checkpoint), a "
+                   "checkpoint file or a weights file (written again as a checked copy)")
     p.add_argument("--out", required=True, metavar="FILE",
                    help=f"weights file to write, e.g. brain128{SUFFIX}")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
 
 
 def main(args: argparse.Namespace) -> int:
-    """Export a run's newest checkpoint (G, D, E, SubE and config) as safetensors."""
+    """Export a run's model (G, D, E, SubE and config) as safetensors: the checkpoint its
+    validation kept (``checkpoints/best.pt``) when there is one, else its newest."""
     out = check_output_file(args.out, "--out")
     source = resolve(args.run)
     check_output_outside_dataset(out, "--out", inputs=(args.run, source))

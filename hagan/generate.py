@@ -133,7 +133,8 @@ def interpolate(G: Generator, z0: torch.Tensor, z1: torch.Tensor, steps: int = 5
 
 # --- CLI: hagan generate CKPT --n N --out DIR [--label L] -------------------------------------
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", help="checkpoint file or run folder (newest checkpoint)")
+    p.add_argument("checkpoint", help="checkpoint file or run folder (its best.pt, else its newest "
+                   "checkpoint)")
     p.add_argument("--n", type=positive_int, default=4, help="number of volumes (default 4)")
     p.add_argument("--out", required=True, help="output folder for sample_XXXX.nii.gz")
     p.add_argument("--label", type=int, default=None,
@@ -175,7 +176,7 @@ def main(args: argparse.Namespace) -> int:
     from .checkpoint import load_models, resolve
 
     device = resolve_device(args.device)
-    source = resolve(args.checkpoint)  # a run folder's newest good checkpoint, looked up once
+    source = resolve(args.checkpoint)  # a run folder's best.pt or newest checkpoint, once
     cfg, nets = load_models(source, device=device)
     if cfg.num_classes and args.label is None:
         raise ConfigError(explain("--label", f"a class index 0..{cfg.num_classes - 1} (this "

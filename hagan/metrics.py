@@ -462,7 +462,7 @@ def cached(path: Path | None, key: str, compute: Callable[[], np.ndarray]) -> np
 VALIDATION_SEED = 1  # latents and MS-SSIM pairs: not `hagan evaluate`'s default 0
 VALIDATION_EXTRACTORS = (1, 2, 3, 4)  # seeds of the random feature networks averaged over
 VALIDATION_SAMPLES = 32  # generated volumes per validation
-DIVERSITY_TOLERANCE = 0.10  # MS-SSIM of generated pairs above real pairs, still "as varied"
+DIVERSITY_TOLERANCE = 0.10  # |MS-SSIM of generated pairs - real pairs|, still "as varied"
 FID_RATIO_TOLERANCE = 5.0  # FID(generated, held-out) / FID(train, held-out), still "close"
 
 
@@ -477,9 +477,10 @@ class Validation:
     are not the numbers that report on it. Two distances from the real data, each in units of
     its tolerance, and the worse of them is the score (lower is better; <= 1 is within both):
 
-    * diversity: ``max(0, ms_gen - ms_real) / DIVERSITY_TOLERANCE``, the mean MS-SSIM of 100
-      random pairs of ``n`` generated volumes against the same for the held-out volumes
-      (samples far more alike than real volumes: mode collapse);
+    * diversity: ``|ms_gen - ms_real| / DIVERSITY_TOLERANCE``, the mean MS-SSIM of 100 random
+      pairs of ``n`` generated volumes against the same for the held-out volumes. Both ways:
+      samples far more alike than real volumes are mode collapse, and samples far less alike
+      (towards noise) are not as varied as the cohort either;
     * fidelity: ``FID(generated, held-out) / FID(train, held-out) / FID_RATIO_TOLERANCE``, in
       the features of seeded random 3D networks (the real-vs-real FID is the unit), averaged
       over the networks of ``extractor_seeds``: with 32 samples, one random network's FID
@@ -535,8 +536,7 @@ class Validation:
         ms = diversity(fake, seed=self.seed, device=self.device)
         ratio = float(np.mean([fid(ext(fake), held) / real for ext, held, real in
                                zip(self.extractors, self.heldout_features, self.fid_real)]))
-        score = max(max(0.0, ms - self.ms_ssim_real) / DIVERSITY_TOLERANCE,
-                    ratio / FID_RATIO_TOLERANCE)
+        score = max(abs(ms - self.ms_ssim_real) / DIVERSITY_TOLERANCE, ratio / FID_RATIO_TOLERANCE)
         return {"val_ms_ssim": round(ms, 4), "val_ms_ssim_real": round(self.ms_ssim_real, 4),
                 "val_fid_ratio": round(ratio, 4), "val_score": round(score, 4)}
 
@@ -599,7 +599,7 @@ def _check_outputs(checkpoint: PathLike, data: PathLike | None, heldout: PathLik
     if out is not None:
         check_output_file(out, "--out")
         try:
-            source: Path | None = resolve(checkpoint)  # a run folder's newest checkpoint
+            source: Path | None = resolve(checkpoint)  # a run folder's best.pt or newest
         except (HaganError, OSError):
             source = None  # reported when it is loaded
         check_output_outside_dataset(out, "--out",
@@ -962,7 +962,8 @@ def format_table(report: dict[str, Any]) -> str:
 
 # --- CLI: hagan evaluate CKPT [--data DIR] [--heldout DIR] [--extractor ...] [--n N] [--out F] -
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", help="run folder (newest checkpoint), checkpoint or weights file")
+    p.add_argument("checkpoint", help="run folder (its best.pt, else its newest checkpoint), "
+                   "checkpoint or weights file")
     p.add_argument("--data", default=None, help="prepared dataset the model was trained on "
                    "(default: the one the run recorded)")
     p.add_argument("--heldout", default=None,

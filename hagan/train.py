@@ -73,20 +73,6 @@ class NonFiniteLossError(RunError):
     """A loss became NaN or infinite; training stopped without saving the broken state."""
 
 
-def mode_seeking_loss(z: torch.Tensor, fake_slab: torch.Tensor, fake_low: torch.Tensor,
-                      eps: float = 1e-5) -> torch.Tensor:
-    """The mode-seeking term of ``Config.mode_seeking`` (Mao et al., CVPR 2019, eq. 3 as a
-    loss): pair the first half of the batch with the second, ``d_x`` = mean |G(z1) - G(z2)| over
-    both views (low-res images (B, 1, S/4, S/4, S/4) and slabs (B, 1, S/8, S, S), averaged),
-    ``d_z`` = mean |z1 - z2| over the latents (B, latent_dim); returns ``1 / (d_x / d_z + eps)``,
-    large when different latents give alike volumes."""
-    h = z.shape[0] // 2
-    d_x = 0.5 * ((fake_low[:h] - fake_low[h:2 * h]).abs().float().mean()
-                 + (fake_slab[:h] - fake_slab[h:2 * h]).abs().float().mean())
-    d_z = (z[:h] - z[h:2 * h]).abs().float().mean()
-    return 1.0 / (d_x / d_z + eps)
-
-
 def r1_penalty(real_logit: torch.Tensor, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
     """R1 (Mescheder et al., ICML 2018, eq. 9): E_x ||grad_x D(x)||^2 over real volumes, the
     squared gradient norms of every input view (slab and low-res image) summed per volume, then
@@ -360,13 +346,10 @@ class Trainer:
         set_requires_grad(self.D, False)
         set_requires_grad(self.G, True)
         for k in range(cfg.g_iter):
-            z_g = latent(1 + k)
             with ctx:
-                fake_slab, fake_low = train["G"](z_g, c, y)
+                fake_slab, fake_low = train["G"](latent(1 + k), c, y)
                 logit, cls = nets["D"](*self.d_view(fake_slab, fake_low, 2 + k), c_d)
             loss_g = F.binary_cross_entropy_with_logits(logit.float(), ones)
-            if cfg.mode_seeking:  # an option, not in the paper
-                loss_g = loss_g + cfg.mode_seeking * mode_seeking_loss(z_g, fake_slab, fake_low)
             if cls is not None:
                 assert y is not None, "a conditional model is trained with labels y"
                 loss_g = loss_g + cfg.lambda_class * F.cross_entropy(cls.float(), y)

@@ -442,7 +442,7 @@ def plot_validation(records: Sequence[Mapping[str, Any]],
                     title: str = "validation: which checkpoint to keep") -> Figure:
     """The training log's validations (``Config.keep_best_from``, :class:`hagan.metrics.
     Validation`) against the iteration: left, MS-SSIM among generated volumes next to held-out
-    pairs and the diversity tolerance above them; right, the FID ratio and its tolerance. The
+    pairs and the diversity tolerance around them; right, the FID ratio and its tolerance. The
     checkpoint kept as ``best.pt`` (the lowest score, the worse of the two distances in units of
     its tolerance) is starred in both."""
     from .metrics import DIVERSITY_TOLERANCE, FID_RATIO_TOLERANCE
@@ -457,8 +457,9 @@ def plot_validation(records: Sequence[Mapping[str, Any]],
     real = [r["val_ms_ssim_real"] for r in rows]
     left.plot(steps, [r["val_ms_ssim"] for r in rows], "o-", label="generated (32)")
     left.plot(steps, real, "s--", label="held-out real")
-    left.plot(steps, [v + DIVERSITY_TOLERANCE for v in real], ":", color="grey",
-              label=f"real + {DIVERSITY_TOLERANCE:g} (tolerance)")
+    for sign in (1, -1):
+        left.plot(steps, [v + sign * DIVERSITY_TOLERANCE for v in real], ":", color="grey",
+                  label=f"real ± {DIVERSITY_TOLERANCE:g} (tolerance)" if sign > 0 else None)
     left.plot(best["step"], best["val_ms_ssim"], "*", ms=14, color="C3", label="kept (best.pt)")
     left.set_ylim(0, 1.02)
     left.set_ylabel("mean MS-SSIM of 100 pairs")

@@ -233,8 +233,9 @@ print("verdict: " + ("MODE COLLAPSE: the samples are far more alike than real vo
 # keeps the last of 80 000 iterations) the trainer scores every checkpoint from that iteration on
 # against the **held-out** volumes, which it never trains on:
 #
-# * diversity: MS-SSIM among 32 generated volumes against held-out pairs, in units of 0.10
-#   (only samples *more* alike than real volumes count against it);
+# * diversity: the difference between the MS-SSIM among 32 generated volumes and that of
+#   held-out pairs, in units of 0.10 (either way: far more alike is collapse, far less alike is
+#   noise, and neither is as varied as the cohort);
 # * fidelity: FID(generated, held-out) / FID(train, held-out), averaged over four seeded random
 #   feature networks, in units of 5 (the real-vs-real FID is 1).
 #

@@ -130,29 +130,3 @@ def test_r1_is_refused_in_distributed_training(data, tmp_path):
     assert not list((tmp_path / "run").glob("checkpoints/*.pt"))
 
 
-
-def test_mode_seeking_loss_matches_a_reference():
-    from hagan.train import mode_seeking_loss
-
-    g = torch.Generator().manual_seed(2)
-    z = torch.randn(4, 8, generator=g)
-    slab, low = torch.randn(4, 1, 4, 32, 32, generator=g), torch.randn(4, 1, 8, 8, 8, generator=g)
-    # the reference, written out: pairs (0, 2) and (1, 3)
-    d_low = sum((low[i] - low[i + 2]).abs().sum() for i in (0, 1)) / (2 * low[0].numel())
-    d_slab = sum((slab[i] - slab[i + 2]).abs().sum() for i in (0, 1)) / (2 * slab[0].numel())
-    d_z = sum((z[i] - z[i + 2]).abs().sum() for i in (0, 1)) / (2 * 8)
-    expected = 1 / ((d_low + d_slab) / 2 / d_z + 1e-5)
-    assert torch.allclose(mode_seeking_loss(z, slab, low), expected, rtol=1e-5)
-    # alike volumes from different latents cost more than different ones
-    one_slab, one_low = slab[:1].expand(4, -1, -1, -1, -1), low[:1].expand(4, -1, -1, -1, -1)
-    same = mode_seeking_loss(z, one_slab, one_low)
-    assert same > 1e4 * expected
-
-
-def test_mode_seeking_is_checked_and_off_in_the_paper_presets():
-    with pytest.raises(ConfigError, match="mode_seeking"):
-        preset("tiny32", mode_seeking=-0.1)
-    with pytest.raises(ConfigError, match="even batch_size"):
-        preset("tiny32", mode_seeking=0.01, batch_size=3)
-    for name in ("paper128", "paper256", "small64"):
-        assert preset(name).mode_seeking == 0.0
