@@ -60,6 +60,7 @@ DAMAGED_TAG = "damaged"
 # files (not one of them, so never pruned), and the run folder's model when present.
 BEST_NAME = "best.pt"
 SUPERSEDED_TAG = "superseded"
+_ANNOUNCED: set[Path] = set()  # run folders whose best.pt resolve() has named in the log
 
 
 def checkpoint_path(run_dir: PathLike, step: int) -> Path:
@@ -482,8 +483,10 @@ def resolve(path: PathLike) -> Path:
     good checkpoint."""
     path = Path(path)
     if path.is_dir() and best_path(path).exists():
-        logger.info("%s: using %s, the checkpoint chosen by validation (keep_best_from)", path,
-                    best_path(path))
+        if path.resolve() not in _ANNOUNCED:  # once per folder, not at every lookup
+            _ANNOUNCED.add(path.resolve())
+            logger.info("%s: using %s, the checkpoint chosen by validation (keep_best_from)",
+                        path, best_path(path))
         return best_path(path)
     if path.is_dir():
         found = latest_checkpoint(path)

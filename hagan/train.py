@@ -257,7 +257,7 @@ class Trainer:
         self._real_diversity: float | None = None
         self._validation: Any = None  # hagan.metrics.Validation, built at the first check
         self._best: dict[str, float] | None = None  # scores of checkpoints/best.pt
-        if cfg.keep_best_from and self.split is None:
+        if 0 < cfg.keep_best_from <= cfg.iterations and self.split is None:  # would validate
             raise ConfigError(explain("keep_best_from", "training on cfg.data with its held-out "
                                       "split (the volumes the checkpoints are scored on)",
                                       "a dataset passed to the trainer", "Pass no dataset, or "

@@ -77,8 +77,9 @@ G, E, SubE = nets["G"], nets["E"], nets["SubE"]
 # $z \sim \mathcal N(0, I)$, then `G.generate(z)` → (B, 1, S, S, S) in [-1, 1]. The seed makes
 # the draw reproducible; `batch_size` trades memory for speed (a 256³ volume needs about 2 GB
 # in fp32 on the GPU). If notebook `03` found **mode collapse** (its section 6 verdict; `tiny32`
-# collapses on the demo cohort; `demo32` stayed within the diversity target in 5 of the 6
-# trainings measured, `make demo`'s own model 0.007 over), the samples below look
+# collapses on the demo cohort; `demo32`'s kept checkpoint met the diversity target at 2 of 3
+# seeds measured, `make demo`'s among them, and missed it by 0.012 at the third), the samples
+# below look
 # alike whatever z is: that is the collapse, not a bug in sampling, and the interpolations and
 # reconstructions below inherit it.
 
