@@ -73,8 +73,10 @@ def train_step(preset_name: str, batch_size: int, run_dir: str, device: str = "a
     :class:`~hagan.train.Trainer`. Nothing is written to ``run_dir``."""
     from .train import Trainer
 
+    # one Trainer.step at a time, never the loop: no checkpoint is scored (keep_best_from=0)
     cfg = preset(preset_name, batch_size=batch_size, device=device, precision=precision,
-                 channels_last=channels_last, compile=compile, tensorboard=False, progress=False)
+                 channels_last=channels_last, compile=compile, tensorboard=False, progress=False,
+                 keep_best_from=0)
     tr = Trainer(cfg, run_dir, dataset=RandomVolumes(cfg.size, n=batch_size), resume=False)
     mf = torch.channels_last_3d if channels_last else torch.preserve_format
     x = RandomVolumes(cfg.size, n=batch_size).data.to(tr.device).contiguous(memory_format=mf)

@@ -923,6 +923,10 @@ def main(args: argparse.Namespace) -> int:
         print(f"hagan train: error: {exc}", file=sys.stderr)
         return 3
     print(f"trained to iteration {result.step}; checkpoint: {result.checkpoint}")
+    if result.best is not None:  # keep_best_from: the run folder now means this file
+        kept = ckpt.read_best(result.run_dir, result.step) or {}
+        print(f"the run's model: {result.best} (iteration {kept.get('step')}, validation score "
+              f"{kept.get('val_score')}; `hagan generate {args.out}` and `hagan evaluate` use it)")
     print(f"losses at step {result.step} (that step alone; metrics.jsonl holds the means over "
           "each log window): " + ", ".join(f"{k} {v:.4f}" for k, v in result.losses.items()))
     return 0

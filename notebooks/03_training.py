@@ -195,12 +195,20 @@ for r in checks:
 fig = viz.plot_diversity(checks, title=f"{s.preset}: diversity during training")
 teaching.show(fig, figures / "03_diversity.png")
 
+# %% [markdown]
+# The verdict, for the last check and, when the run keeps an earlier checkpoint as its model
+# (section 7), for that one too: a run can collapse and recover more than once.
+
 # %%
-last = checks[-1]
-collapsed = last["ms_ssim_fake"] > last["ms_ssim_real"] + 0.1
-print("verdict: " + ("MODE COLLAPSE: the samples are far more alike than real volumes"
-                     if collapsed else "no collapse by this measure: the samples differ "
-                     "about as much as real volumes do"))
+verdicts = [("the last checkpoint", checks[-1])]
+if model_step != checks[-1]["step"]:
+    verdicts += [(f"the run's model ({model.name})", r) for r in checks if r["step"] == model_step]
+for name, r in verdicts:
+    collapsed = r["ms_ssim_fake"] > r["ms_ssim_real"] + 0.1
+    print(f"verdict at iteration {r['step']}, {name}: "
+          + ("MODE COLLAPSE: the samples are far more alike than real volumes" if collapsed
+             else "no collapse by this measure: the samples differ about as much as real "
+             "volumes do"))
 
 # %% [markdown]
 # What to do about collapse: more and more varied training volumes; more iterations, watching

@@ -147,3 +147,25 @@ def test_a_best_from_after_the_resumed_checkpoint_is_set_aside(tmp_path):
     save_checkpoint(best_path(run), {"config": cfg.to_dict(), "step": 4, "models": {}})
     with pytest.raises(CheckpointError, match="no validation score"):
         read_best(run, 8)
+
+
+def test_hagan_train_names_the_kept_checkpoint(data, tmp_path, capsys):
+    from hagan import cli
+
+    run = tmp_path / "run"
+    assert cli.main(["train", "--preset", "tiny32", "--data", str(data), "--out", str(run),
+                     "--set", "iterations=2", "checkpoint_every=1", "keep_best_from=1",
+                     "progress=False", "tensorboard=False"]) == 0
+    out = capsys.readouterr().out
+    kept = read_best(run, 2)
+    assert kept is not None
+    assert f"the run's model: {best_path(run)} (iteration {kept['step']}" in out
+
+
+def test_a_benchmark_step_of_demo32_scores_nothing(tmp_path):
+    """bench_train (notebook 07) times Trainer.step of a preset on random volumes passed in:
+    demo32 keeps the best checkpoint, but a benchmark never reaches a checkpoint."""
+    from hagan.bench import train_step
+
+    step, _ = train_step("demo32", 2, str(tmp_path / "bench"), device="cpu")
+    step()

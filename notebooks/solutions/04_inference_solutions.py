@@ -108,8 +108,9 @@ print(f"mean cosine {mean_cos:.2f} vs chance band ±{chance:.2f}: "
 # in the training data (the template's white-matter lesion sites); after a short run the map
 # may be noise, or the label may have learned something else. The printed peak and the figure
 # show which this run is: a peak on the brain's outline (e.g. y or x near 0 or S) and bright and
-# dark rims mean the label changes the head's shape and size, not a lesion; the demo's CPU run
-# (1000 conditional iterations) shows that.
+# dark rims mean the label changes the head's shape and size, not a lesion. The demo's CPU run
+# (1000 conditional iterations) has its peak on the outline and such rims; a weaker bright spot
+# inside the brain in its axial slice may be the start of a lesion.
 
 # %%
 lesion_data = teaching.ensure_demo(work, s, lesion_fraction=0.5, made_by="notebook 04")
