@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -72,6 +73,46 @@ def best_path(run_dir: PathLike) -> Path:
     return Path(run_dir) / CHECKPOINT_DIR / BEST_NAME
 
 
+# What a best.pt must share with its run folder's config.json to count as that run's model.
+BEST_IDENTITY = ("size", "width", "latent_dim", "num_classes", "d_minibatch_std", "seed", "data",
+                 "keep_best_from")
+
+
+def load_best(run_dir: PathLike) -> dict[str, Any]:
+    """Load a run's ``best.pt`` (memory-mapped) and check that it is this run's.
+
+    Raises:
+        CheckpointError: it does not load, records no validation score, or its config differs
+            from the run's ``config.json`` in one of :data:`BEST_IDENTITY` (a file from another
+            run); the message says how to go on without it.
+    """
+    path = best_path(run_dir)
+    remedy = (f"It is the run's kept model (keep_best_from). Move it out of {path.parent} to "
+              "use the newest checkpoint (training then chooses again from its next check), or "
+              "pass a checkpoints/ckpt_*.pt file")
+    if not path.is_file():
+        raise CheckpointError(f"{path} is not a file. {remedy}")
+    try:
+        state = load_checkpoint(path, mmap=True)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{str(exc).split('; use ')[0]}. {remedy}") from None
+    scores = state.get("validation")
+    if not isinstance(scores, dict) or not isinstance(scores.get("val_score"), float):
+        raise CheckpointError(f"{path} records no validation score (val_score), so it is not a "
+                              f"kept model. {remedy}")
+    config_file = Path(run_dir) / "config.json"
+    if config_file.is_file():
+        run_cfg = read_json(config_file)
+        differ = [k for k in BEST_IDENTITY if isinstance(run_cfg, dict)
+                  and run_cfg.get(k) != state["config"].get(k)]
+        if differ:
+            k = differ[0]
+            raise CheckpointError(f"{path} is not from this run: its {k} is "
+                                  f"{state['config'].get(k)!r}, the run's ({config_file}) "
+                                  f"{run_cfg.get(k)!r}. {remedy}")
+    return state
+
+
 def read_best(run_dir: PathLike, step: int) -> dict[str, float] | None:
     """The validation scores of a run's ``best.pt`` when a run resumes at iteration ``step``.
 
@@ -80,24 +121,19 @@ def read_best(run_dir: PathLike, step: int) -> dict[str, float] | None:
     renamed ``best.pt.superseded`` (not deleted) and None is returned.
 
     Raises:
-        CheckpointError: ``best.pt`` does not load or records no validation scores (fail
-            closed: the run would otherwise forget the model it chose).
+        CheckpointError: ``best.pt`` is not this run's kept model (:func:`load_best`): fail
+            closed, the run would otherwise forget the model it chose.
     """
     path = best_path(run_dir)
-    if not path.exists():
+    if not os.path.lexists(path):
         return None
-    state = load_checkpoint(path, mmap=True)
-    scores = state.get("validation")
-    if not isinstance(scores, dict) or not isinstance(scores.get("val_score"), float):
-        raise CheckpointError(f"{path} records no validation score (val_score), so the run "
-                              "cannot tell whether a new checkpoint is better. Move it out of "
-                              "the folder to start choosing again, or pass --fresh")
+    state = load_best(run_dir)
     if state["step"] > step:
         moved = set_aside(path, SUPERSEDED_TAG)
         logger.warning("%s is from iteration %d, after the checkpoint this run resumes from "
                        "(%d): set aside as %s", path, state["step"], step, moved.name)
         return None
-    return {"step": state["step"], **scores}
+    return {"step": state["step"], **state["validation"]}
 
 
 def save_checkpoint(path: PathLike, state: dict[str, Any]) -> Path:
@@ -482,11 +518,12 @@ def resolve(path: PathLike) -> Path:
     (``checkpoints/best.pt``, see ``Config.keep_best_from``) when there is one, else its newest
     good checkpoint."""
     path = Path(path)
-    if path.is_dir() and best_path(path).exists():
-        if path.resolve() not in _ANNOUNCED:  # once per folder, not at every lookup
-            _ANNOUNCED.add(path.resolve())
+    if path.is_dir() and os.path.lexists(best_path(path)):
+        if path.resolve() not in _ANNOUNCED:  # checked and named once per folder
+            load_best(path)
             logger.info("%s: using %s, the checkpoint chosen by validation (keep_best_from)",
                         path, best_path(path))
+            _ANNOUNCED.add(path.resolve())
         return best_path(path)
     if path.is_dir():
         found = latest_checkpoint(path)

@@ -31,6 +31,10 @@ ALLOWED_SIZES = tuple(2**k for k in range(5, 9))  # 32, 64, 128, 256
 TRUNK_START = 4  # the trunk's fc layer reshapes z into a 4^3 grid (official code, fc1)
 FEATURE_STRIDE = 4  # trunk features live at 1/4 of the image resolution
 SLAB_FRACTION = 8  # a training slab is 1/8 of the volume depth
+# Tolerances of the validation score (Config.keep_best_from, hagan.metrics.Validation): how far
+# generated volumes may be from real ones and still count as "as varied" and "close".
+DIVERSITY_TOLERANCE = 0.10  # |MS-SSIM of generated pairs - MS-SSIM of real pairs|
+FID_RATIO_TOLERANCE = 5.0  # FID(generated, held-out) / FID(train, held-out)
 PRECISIONS = ("fp32", "bf16", "fp16")  # the one list: Config, runtime and every --precision
 DEVICES = ("auto", "cpu", "cuda")  # plus "cuda:N" for the N-th GPU
 _DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
@@ -110,7 +114,8 @@ class Config:
             (``hagan generate RUN``, ``load_models(RUN)``); ``val_*`` in ``metrics.jsonl``.
             0 = off: the run's model is its newest checkpoint. Model selection on a validation
             set; not in the paper (which trains 80 000 iterations and keeps the last).
-            Needs ``holdout_fraction > 0``.
+            Needs at least 2 held-out and 2 training volumes (``holdout_fraction > 0``). Fixed
+            once a run has started, like ``seed`` (a new value needs ``--fresh``).
         keep_checkpoints: How many of the newest checkpoints to keep.
         tensorboard: Write TensorBoard event files.
         progress: Show a tqdm progress bar.

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from . import teaching
-from .config import PRESETS
+from .config import PRESETS, Config
 from .errors import HaganError, explain
 
 logger = logging.getLogger(__name__)
@@ -56,6 +56,7 @@ def run(out: Path, iterations: int, n_subjects: int, seed: int, notebooks: bool)
     demo.make_demo_dataset(data_dir, n=n_subjects, size=cfg.size, seed=seed, force=True)  # reuses
 
     run_dir = teaching.run_path(nb_work, PRESET)
+    _refuse_other_recipe(run_dir, cfg)
     print(f"[2/4] training {PRESET} for {iterations} iterations -> {run_dir}")
     # diversity_every (in the preset): the collapse watch, MS-SSIM among 8 samples of fixed z
     result = train(cfg.replace(data=str(data_dir)), run_dir)  # an earlier run is resumed
@@ -136,6 +137,31 @@ def run(out: Path, iterations: int, n_subjects: int, seed: int, notebooks: bool)
         print(f"\nmake demo: error: {nb_failed}", file=sys.stderr)
         return 1
     return 0
+
+
+def _refuse_other_recipe(run_dir: Path, cfg: Config) -> None:
+    """An earlier demo's run is resumed only when it has this kit's recipe and the same seed:
+    resuming a run of an older ``demo32`` (e.g. another R1 weight) would mix two recipes.
+
+    Raises:
+        RunError: the run's ``config.json`` differs in a value the preset sets, or in seed.
+    """
+    from .errors import RunError
+    from .fileio import read_json
+
+    saved = run_dir / "config.json"
+    if not saved.is_file():
+        return
+    old, new = read_json(saved), cfg.to_dict()
+    logging_only = ("iterations", "log_every", "image_every", "diversity_every")  # notebook 03
+    keys = [k for k in (*PRESETS[PRESET], "seed") if k not in logging_only]
+    changed = [k for k in keys if isinstance(old, dict) and old.get(k) != new[k]]
+    if changed:
+        k = changed[0]
+        raise RunError(explain(str(run_dir), f"a {PRESET} run of this kit's recipe to resume",
+                               f"a run with {k}={old.get(k)!r} (now {new[k]!r})",
+                               "Use another --out folder, or move that one aside; nothing was "
+                               "changed."))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -34,7 +34,7 @@ from scipy.spatial.distance import cdist
 
 from .checkpoint import CheckpointError
 from .cliargs import non_negative_int, positive_int
-from .config import Config, PathLike
+from .config import DIVERSITY_TOLERANCE, FID_RATIO_TOLERANCE, Config, PathLike
 from .errors import ConfigError, DataError, RunError, explain
 from .features import (
     EXTRACTORS,
@@ -462,8 +462,6 @@ def cached(path: Path | None, key: str, compute: Callable[[], np.ndarray]) -> np
 VALIDATION_SEED = 1  # latents and MS-SSIM pairs: not `hagan evaluate`'s default 0
 VALIDATION_EXTRACTORS = (1, 2, 3, 4)  # seeds of the random feature networks averaged over
 VALIDATION_SAMPLES = 32  # generated volumes per validation
-DIVERSITY_TOLERANCE = 0.10  # |MS-SSIM of generated pairs - real pairs|, still "as varied"
-FID_RATIO_TOLERANCE = 5.0  # FID(generated, held-out) / FID(train, held-out), still "close"
 
 
 class Validation:
@@ -793,7 +791,7 @@ def evaluate(checkpoint: PathLike, data: PathLike | None = None, extractor: str 
         resolution and the ``reference`` used, and ``metrics`` with each generated value next to
         its real baseline.
     """
-    from .checkpoint import load_models
+    from .checkpoint import load_checkpoint, load_models, resolve
     from .generate import sample
     from .runtime import resolve_device
 
@@ -802,6 +800,11 @@ def evaluate(checkpoint: PathLike, data: PathLike | None = None, extractor: str 
     start = time.perf_counter()
     dev = resolve_device(device)
     cfg, nets = load_models(checkpoint, device=dev)
+    model_file = resolve(checkpoint)  # a run folder's best.pt or newest checkpoint
+    try:
+        model_step: int | None = load_checkpoint(model_file, mmap=True)["step"]
+    except CheckpointError:  # a weights file (hagan export / import-official) has no step
+        model_step = None
     if "G" not in nets:
         raise CheckpointError(f"{checkpoint} holds no generator G")
     ref = resolve_reference(checkpoint, data, heldout, cfg, seed)
@@ -832,6 +835,7 @@ def evaluate(checkpoint: PathLike, data: PathLike | None = None, extractor: str 
                                          cache_for(ref.train.root))
     report = _report(checkpoint, ref, cfg, ext, gen_feats, train_feats, held_feats, seed, dev,
                      metrics)
+    report["checkpoint_file"], report["step"] = str(model_file), model_step
     report["seconds"] = {"real_features": round(t_real - start, 2),
                          "generate": round(t_gen - t_real, 2),
                          "total": round(time.perf_counter() - start, 2)}

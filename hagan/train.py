@@ -45,7 +45,7 @@ from . import slab
 from .checkpoint import LOSS_KEYS, read_metrics  # noqa: F401 (read_metrics: re-exported)
 from .config import SLAB_FRACTION, Config, PathLike, from_dict, parse_overrides, preset
 from .data import DataSplit, InfiniteSampler, PreparedDataset
-from .errors import CheckpointError, ConfigError, RunError, explain
+from .errors import CheckpointError, ConfigError, DataError, RunError, explain
 from .fileio import check_output_outside_dataset, lock_folder, write_json
 from .models import Networks, build_models
 from .runtime import autocast_context, init_distributed, resolve_device, shutdown_distributed
@@ -257,11 +257,21 @@ class Trainer:
         self._real_diversity: float | None = None
         self._validation: Any = None  # hagan.metrics.Validation, built at the first check
         self._best: dict[str, float] | None = None  # scores of checkpoints/best.pt
-        if 0 < cfg.keep_best_from <= cfg.iterations and self.split is None:  # would validate
-            raise ConfigError(explain("keep_best_from", "training on cfg.data with its held-out "
-                                      "split (the volumes the checkpoints are scored on)",
-                                      "a dataset passed to the trainer", "Pass no dataset, or "
-                                      "set keep_best_from=0."))
+        if 0 < cfg.keep_best_from <= cfg.iterations:  # this training will score checkpoints
+            if self.split is None:
+                raise ConfigError(explain("keep_best_from", "training on cfg.data with its "
+                                          "held-out split (the volumes the checkpoints are "
+                                          "scored on)", "a dataset passed to the trainer",
+                                          "Pass no dataset, or set keep_best_from=0."))
+            sizes = len(self.split.train), len(self.split.heldout)
+            if min(sizes) < 2:  # an FID needs two feature vectors per set, MS-SSIM a pair
+                fix = ("This run's split (split.json) is fixed: pass --fresh to split again"
+                       if self._resumed_from is not None else "Use more volumes or another "
+                       "holdout_fraction")
+                raise DataError(explain("keep_best_from", "at least 2 training and 2 held-out "
+                                        "volumes to score checkpoints on",
+                                        f"{sizes[0]} and {sizes[1]}", f"{fix}, or set "
+                                        "keep_best_from=0."))
 
     # --- the algorithm --------------------------------------------------------------------------
     def draw_slab_start(self) -> int:
@@ -487,6 +497,8 @@ class Trainer:
             ckpt.truncate_metrics_log(self.run_dir / ckpt.METRICS_FILE, self.step_num)
             if self.cfg.keep_best_from:
                 self._best = ckpt.read_best(self.run_dir, self.step_num)
+                if self._best is None:
+                    self._best = self._restore_best()
         self._damaged = []
         write_json(self.run_dir / "config.json", self.cfg.to_dict())
         if self.split is not None:
@@ -678,6 +690,33 @@ class Trainer:
                                          f"(MS-SSIM among 8: {value:.2f})")
             writer.add_figure("diversity/samples", fig, self.step_num)
 
+    def _restore_best(self) -> dict[str, float] | None:
+        """On resume without a ``best.pt`` (set aside as superseded, or removed by hand) while
+        the log, kept up to the resumed step, holds validations: write ``best.pt`` again from
+        the best-scoring one's checkpoint when it is still on disk, else say that it is lost
+        and that the choice starts again. Returns the scores kept, or None."""
+        scored = [r for r in ckpt.read_metrics(self.run_dir) if "val_score" in r]
+        if not scored:
+            return None
+        best = min(scored, key=lambda r: r["val_score"])
+        step = int(best["step"])
+        scores = {k: float(v) for k, v in best.items()
+                  if k.startswith("val_") and k != "val_best"}
+        source = ckpt.checkpoint_path(self.run_dir, step)
+        try:
+            state = ckpt.load_checkpoint(source)
+        except CheckpointError:
+            logger.warning("the best validation so far (iteration %d, score %.2f) has no "
+                           "checkpoint left and no best.pt: best.pt is chosen again among the "
+                           "checkpoints from here on", step, best["val_score"])
+            return None
+        ckpt.save_checkpoint(ckpt.best_path(self.run_dir),
+                             {k: state[k] for k in ("config", "step", "models", "data")
+                              if k in state} | {"validation": scores})
+        logger.warning("best.pt rewritten from %s, the best validation so far (score %.2f)",
+                       source.name, best["val_score"])
+        return {"step": step, **scores}
+
     @torch.no_grad()
     def _validate(self, writer, bar) -> None:
         """Model selection (``cfg.keep_best_from``): score G on the held-out volumes
@@ -809,10 +848,11 @@ def _merge_resumed_config(saved: Config, requested: Config,
     if clash:
         details = ", ".join(f"{k}: checkpoint {getattr(saved, k)} vs requested "
                             f"{getattr(requested, k)}" for k in clash)
-        raise RunError(explain("run folder", "the run's own model and seed when resuming "
-                               f"({fixed} cannot change)",
-                               f"a different {'seed' if clash == ['seed'] else 'model'} "
-                               f"({details})",
+        what = ("model" if set(clash) <= set(ARCHITECTURE_KEYS)
+                else "seed" if clash == ["seed"] else "setting")
+        raise RunError(explain("run folder", "the run's own model, seed and checkpoint "
+                               f"selection when resuming ({fixed} cannot change)",
+                               f"a different {what} ({details})",
                                "Drop those --set values to resume, pass --fresh to start a new "
                                "run in this folder (the old files are moved aside), or use a "
                                "new --out folder."))
@@ -926,7 +966,8 @@ def main(args: argparse.Namespace) -> int:
     if result.best is not None:  # keep_best_from: the run folder now means this file
         kept = ckpt.read_best(result.run_dir, result.step) or {}
         print(f"the run's model: {result.best} (iteration {kept.get('step')}, validation score "
-              f"{kept.get('val_score')}; `hagan generate {args.out}` and `hagan evaluate` use it)")
+              f"{kept.get('val_score', float('nan')):.2f}; `hagan generate {args.out}` and "
+              "`hagan evaluate` use it)")
     print(f"losses at step {result.step} (that step alone; metrics.jsonl holds the means over "
           "each log window): " + ", ".join(f"{k} {v:.4f}" for k, v in result.losses.items()))
     return 0

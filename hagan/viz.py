@@ -445,7 +445,7 @@ def plot_validation(records: Sequence[Mapping[str, Any]],
     pairs and the diversity tolerance around them; right, the FID ratio and its tolerance. The
     checkpoint kept as ``best.pt`` (the lowest score, the worse of the two distances in units of
     its tolerance) is starred in both."""
-    from .metrics import DIVERSITY_TOLERANCE, FID_RATIO_TOLERANCE
+    from .config import DIVERSITY_TOLERANCE, FID_RATIO_TOLERANCE
 
     plt = _plt()
     rows = [r for r in records if "val_score" in r]

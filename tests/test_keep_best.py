@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import json
+import logging
+
 import pytest
 import torch
 from helpers import make_random_dataset
@@ -110,6 +113,10 @@ def test_keep_best_scores_checkpoints_keeps_the_best_and_changes_no_weight(data,
         plot_validation(read_metrics(tmp_path / "plain"))
     # the run folder now means best.pt; a plain run folder its newest checkpoint
     assert resolve(run) == best_path(run)
+    from hagan.metrics import evaluate
+
+    report = evaluate(run, n=4, permutations=0, n_pairs=3, progress=False, device="cpu")
+    assert (report["checkpoint_file"], report["step"]) == (str(best_path(run)), best_row["step"])
     assert resolve(tmp_path / "plain") == plain.checkpoint
 
 
@@ -169,3 +176,74 @@ def test_a_benchmark_step_of_demo32_scores_nothing(tmp_path):
 
     step, _ = train_step("demo32", 2, str(tmp_path / "bench"), device="cpu")
     step()
+
+
+def test_too_few_volumes_are_refused_before_training(tmp_path):
+    small = make_random_dataset(tmp_path / "small", n=3, size=32)
+    cfg = preset("tiny32", data=str(small), iterations=4, checkpoint_every=2, keep_best_from=2,
+                 progress=False, tensorboard=False)
+    for fraction in (0.2, 0.5):  # 2 train + 1 held-out, then 1 train + 2 held-out
+        with pytest.raises(DataError, match="at least 2 training and 2 held-out"):
+            Trainer(cfg.replace(holdout_fraction=fraction), tmp_path / f"run{fraction}")
+
+
+def test_a_best_from_another_run_or_unreadable_is_refused_with_a_way_out(data, tmp_path):
+    cfg = preset("tiny32", data=str(data), iterations=2, checkpoint_every=1, keep_best_from=1,
+                 progress=False, tensorboard=False)
+    run, other = tmp_path / "run", tmp_path / "other"
+    train(cfg, run)
+    train(cfg.replace(seed=3), other)
+    best_path(run).write_bytes(best_path(other).read_bytes())  # another run's kept model
+    with pytest.raises(CheckpointError, match="not from this run: its seed is 3"):
+        resolve(run)
+    with pytest.raises(CheckpointError, match="Move it out"):
+        train(cfg.replace(iterations=3), run)
+    best_path(run).unlink()
+    best_path(run).mkdir()
+    with pytest.raises(CheckpointError, match="is not a file"):
+        resolve(run)
+
+
+def test_a_lost_best_is_rewritten_from_its_checkpoint_on_resume(data, tmp_path, caplog):
+    cfg = preset("tiny32", data=str(data), iterations=4, checkpoint_every=1, keep_best_from=1,
+                 keep_checkpoints=10, progress=False, tensorboard=False)
+    run = tmp_path / "run"
+    train(cfg, run)
+    scores = {r["step"]: r["val_score"] for r in read_metrics(run) if "val_score" in r}
+    best_step = min(scores, key=scores.get)
+    before = load_checkpoint(best_path(run))["models"]["G"]
+    best_path(run).unlink()  # removed by hand: the log still knows which was best
+    train(cfg, run)  # resumes the complete run: nothing to train, best.pt is written again
+    kept = read_best(run, 4)
+    assert kept is not None
+    assert kept["step"] == best_step and kept["val_score"] == scores[best_step]
+    after = load_checkpoint(best_path(run))["models"]["G"]
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    # when the log's best has no checkpoint left, the choice starts again (said in the log)
+    log = run / "metrics.jsonl"
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    for r in records:
+        if r["step"] == 2:
+            r["val_score"] = 0.0  # make iteration 2 the logged best ...
+    log.write_text("".join(json.dumps(r) + "\n" for r in records))
+    checkpoint_path(run, 2).unlink()  # ... whose checkpoint is gone
+    best_path(run).unlink()
+    with caplog.at_level(logging.WARNING):
+        train(cfg, run)
+    assert read_best(run, 4) is None and "has no checkpoint left" in caplog.text
+
+
+def test_make_demo_refuses_to_resume_a_run_of_another_recipe(tmp_path):
+    from hagan import demo_job
+    from hagan.config import save_json
+    from hagan.errors import RunError
+
+    cfg = preset("demo32")
+    run = tmp_path / "run_demo32"
+    run.mkdir()
+    demo_job._refuse_other_recipe(run, cfg)  # no run yet
+    save_json(cfg.replace(diversity_every=500, iterations=10), run / "config.json")
+    demo_job._refuse_other_recipe(run, cfg)  # notebook 03's logging settings: the same recipe
+    save_json(cfg.replace(r1_gamma=0.3), run / "config.json")  # an earlier demo32
+    with pytest.raises(RunError, match="r1_gamma=0.3"):
+        demo_job._refuse_other_recipe(run, cfg)
