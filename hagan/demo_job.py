@@ -108,12 +108,14 @@ def run(out: Path, iterations: int, n_subjects: int, seed: int, notebooks: bool)
     print(f"\ndone in {minutes:.1f} min. Results:")
     print(f"  demo data            {data_dir}")
     print(f"  last checkpoint      {result.checkpoint}")
-    if result.best is not None:
-        kept = next(r for r in scored if r["step"] == model_step)
+    kept = next((r for r in scored if r["step"] == model_step), None)
+    if result.best is not None and kept is not None:
         print(f"  model (best.pt)      {result.best}: iteration {model_step}, the best of "
               f"{len(scored)} scored on held-out volumes (score {kept['val_score']:.2f}: "
               f"MS-SSIM {kept['val_ms_ssim']:.2f} vs {kept['val_ms_ssim_real']:.2f}, FID ratio "
               f"{kept['val_fid_ratio']:.1f}; within both tolerances when <= 1)")
+    elif result.best is not None:  # e.g. its log record was lost: the file still says it
+        print(f"  model (best.pt)      {result.best}: iteration {model_step}")
     if validation_path is not None:
         print(f"  validation           {validation_path}")
     print(f"  training log         {run_dir / 'metrics.jsonl'} (TensorBoard: {run_dir / 'tb'})")
