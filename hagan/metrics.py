@@ -799,8 +799,8 @@ def evaluate(checkpoint: PathLike, data: PathLike | None = None, extractor: str 
     _check_outputs(checkpoint, data, heldout, weights, out, cache_dir if use_cache else None)
     start = time.perf_counter()
     dev = resolve_device(device)
-    cfg, nets = load_models(checkpoint, device=dev)
-    model_file = resolve(checkpoint)  # a run folder's best.pt or newest checkpoint
+    model_file = resolve(checkpoint)  # a run folder's best.pt or newest checkpoint, once
+    cfg, nets = load_models(model_file, device=dev)
     try:
         model_step: int | None = load_checkpoint(model_file, mmap=True)["step"]
     except CheckpointError:  # a weights file (hagan export / import-official) has no step

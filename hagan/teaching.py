@@ -207,13 +207,15 @@ def ensure_run(work: PathLike, s: Settings, data: PathLike, conditional: bool = 
     The unconditional run trains ``s.iterations`` iterations, the conditional one
     ``s.cond_iterations`` with ``num_classes=2`` on a lesion cohort.
     """
-    from .checkpoint import list_checkpoints, resolve
+    from .checkpoint import best_path, list_checkpoints
     from .train import train
 
     run = run_path(work, s.preset, conditional)
     if list_checkpoints(run):
-        # checkpoints/best.pt when the run chose one (Config.keep_best_from), else the newest
-        print(f"model: using {resolve(run).relative_to(run)} in {run}")
+        # what load_models(run) will load: best.pt when the run chose one (keep_best_from)
+        which = ("checkpoints/best.pt" if best_path(run).exists()
+                 else "the newest good checkpoint")
+        print(f"model: using {which} in {run}")
         return run
     iterations = s.cond_iterations if conditional else s.iterations
     origin = f" ({made_by} normally makes it)" if made_by else ""

@@ -964,9 +964,9 @@ def main(args: argparse.Namespace) -> int:
         return 3
     print(f"trained to iteration {result.step}; checkpoint: {result.checkpoint}")
     if result.best is not None:  # keep_best_from: the run folder now means this file
-        kept = ckpt.read_best(result.run_dir, result.step) or {}
-        print(f"the run's model: {result.best} (iteration {kept.get('step')}, validation score "
-              f"{kept.get('val_score', float('nan')):.2f}; `hagan generate {args.out}` and "
+        kept = ckpt.load_best(result.run_dir)  # read only (read_best may set a file aside)
+        print(f"the run's model: {result.best} (iteration {kept['step']}, validation score "
+              f"{kept['validation']['val_score']:.2f}; `hagan generate {args.out}` and "
               "`hagan evaluate` use it)")
     print(f"losses at step {result.step} (that step alone; metrics.jsonl holds the means over "
           "each log window): " + ", ".join(f"{k} {v:.4f}" for k, v in result.losses.items()))
