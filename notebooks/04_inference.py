@@ -77,11 +77,9 @@ G, E, SubE = nets["G"], nets["E"], nets["SubE"]
 # $z \sim \mathcal N(0, I)$, then `G.generate(z)` → (B, 1, S, S, S) in [-1, 1]. The seed makes
 # the draw reproducible; `batch_size` trades memory for speed (a 256³ volume needs about 2 GB
 # in fp32 on the GPU). If notebook `03` found **mode collapse** (its section 6 verdict; `tiny32`
-# collapses on the demo cohort; `demo32`'s kept checkpoint met the diversity target at 2 of 3
-# seeds measured, `make demo`'s among them, and missed it by 0.012 at the third), the samples
-# below look
-# alike whatever z is: that is the collapse, not a bug in sampling, and the interpolations and
-# reconstructions below inherit it.
+# collapses on the demo cohort; `demo32`'s kept checkpoint met both targets at 5 of 6 seeds
+# measured, `make demo`'s among them), the samples below look alike whatever z is: that is the
+# collapse, not a bug in sampling, and the interpolations and reconstructions below inherit it.
 
 # %%
 import torch
