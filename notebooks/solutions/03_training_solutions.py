@@ -107,11 +107,14 @@ teaching.show(fig, figures / "sol03_anchor.png")
 # %% [markdown]
 # The printed check is the part that holds at any length: without D^L, G^L is never trained
 # (its image above stays the random pattern of its initial weights). The full volumes show what
-# the anchor does for the whole head: nothing but D^L judges where the head lies in the cube and
-# whether the slabs of one volume belong together. In the `make demo` run we looked at (cpu
-# scale, 300 iterations) the anchored volume was a centred, head-sized blob and the unanchored
-# one a lopsided blob pushed to one side. At a few iterations (smoke) both may be noise; in a
-# longer run look for slabs that disagree at their borders.
+# the anchor is for, and that it acts slowly: D^L judges only G^L's low-resolution image, and
+# G^H's slabs follow it through the trunk features they share; nothing else judges where the
+# head lies in the cube or whether the slabs of one volume belong together. In the `make demo`
+# run we looked at (cpu scale, 300 iterations) G^L with the anchor already made a centred,
+# head-sized blob at 8³, while its full volume was still a bright blob in the right half of the
+# cube; without the anchor the full volume was a bright band along the left edge beside a dimmer
+# mass, parts that do not agree. Neither full volume is a head yet. At a few iterations (smoke)
+# both may be noise; in a longer run look for slabs that disagree at their borders.
 #
 # ## Exercise 2: resume
 #
