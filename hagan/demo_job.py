@@ -61,11 +61,12 @@ def run(out: Path, iterations: int, n_subjects: int, seed: int, notebooks: bool)
     # diversity_every (in the preset): the collapse watch, MS-SSIM among 8 samples of fixed z
     result = train(cfg.replace(data=str(data_dir)), run_dir)  # an earlier run is resumed
 
-    from .checkpoint import load_checkpoint, load_models, read_metrics
+    from .checkpoint import load_models, read_metrics
 
     # the checkpoint the run's validation kept (keep_best_from, in the preset), else the last
+    kept = result.best_scores  # None unless validation kept a checkpoint
     model = result.best or result.checkpoint or run_dir
-    model_step = load_checkpoint(model, mmap=True)["step"] if model != run_dir else result.step
+    model_step = int(kept["step"]) if kept is not None else result.step
     print(f"[3/4] sampling 8 volumes from {Path(model).name} (iteration {model_step})")
     cfg, nets = load_models(model)
     fake = sample(nets["G"], 8, batch_size=8, seed=seed)
@@ -108,14 +109,11 @@ def run(out: Path, iterations: int, n_subjects: int, seed: int, notebooks: bool)
     print(f"\ndone in {minutes:.1f} min. Results:")
     print(f"  demo data            {data_dir}")
     print(f"  last checkpoint      {result.checkpoint}")
-    kept = next((r for r in scored if r["step"] == model_step), None)
-    if result.best is not None and kept is not None:
+    if kept is not None:
         print(f"  model (best.pt)      {result.best}: iteration {model_step}, the best of "
               f"{len(scored)} scored on held-out volumes (score {kept['val_score']:.2f}: "
               f"MS-SSIM {kept['val_ms_ssim']:.2f} vs {kept['val_ms_ssim_real']:.2f}, FID ratio "
               f"{kept['val_fid_ratio']:.1f}; within both tolerances when <= 1)")
-    elif result.best is not None:  # e.g. its log record was lost: the file still says it
-        print(f"  model (best.pt)      {result.best}: iteration {model_step}")
     if validation_path is not None:
         print(f"  validation           {validation_path}")
     print(f"  training log         {run_dir / 'metrics.jsonl'} (TensorBoard: {run_dir / 'tb'})")

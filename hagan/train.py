@@ -102,6 +102,7 @@ class TrainResult:
     checkpoint: Path | None
     losses: dict[str, float]
     best: Path | None = None  # checkpoints/best.pt when cfg.keep_best_from chose one
+    best_scores: dict[str, float] | None = None  # its iteration ("step") and val_* scores
 
 
 class Trainer:
@@ -568,7 +569,8 @@ class Trainer:
                 writer.close()
             self._restore_signal_handlers(previous)
         best = ckpt.best_path(self.run_dir) if self._best is not None else None
-        return TrainResult(self.run_dir, self.step_num, last_ckpt, last_losses, best)
+        return TrainResult(self.run_dir, self.step_num, last_ckpt, last_losses, best,
+                           None if self._best is None else dict(self._best))
 
     # --- state ----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -963,10 +965,10 @@ def main(args: argparse.Namespace) -> int:
         print(f"hagan train: error: {exc}", file=sys.stderr)
         return 3
     print(f"trained to iteration {result.step}; checkpoint: {result.checkpoint}")
-    if result.best is not None:  # keep_best_from: the run folder now means this file
-        kept = ckpt.load_best(result.run_dir)  # read only (read_best may set a file aside)
-        print(f"the run's model: {result.best} (iteration {kept['step']}, validation score "
-              f"{kept['validation']['val_score']:.2f}; `hagan generate {args.out}` and "
+    if result.best is not None and result.best_scores is not None:  # keep_best_from
+        kept = result.best_scores  # the run folder now means this file
+        print(f"the run's model: {result.best} (iteration {int(kept['step'])}, validation "
+              f"score {kept['val_score']:.2f}; `hagan generate {args.out}` and "
               "`hagan evaluate` use it)")
     print(f"losses at step {result.step} (that step alone; metrics.jsonl holds the means over "
           "each log window): " + ", ".join(f"{k} {v:.4f}" for k, v in result.losses.items()))
